@@ -1,0 +1,112 @@
+package batch_test
+
+import (
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/esim-pipeline/thingspace-esim/internal/batch"
+	"github.com/esim-pipeline/thingspace-esim/internal/device"
+)
+
+type clock struct{ t time.Time }
+
+func (c *clock) now() time.Time { return c.t }
+
+func dev(n int) device.Set {
+	return device.Set{ICCID: "8914800000000000" + strconv.Itoa(1000+n)}
+}
+
+func newBatcher(t *testing.T, max int, wait time.Duration) (*batch.Batcher, *clock) {
+	t.Helper()
+	c := &clock{t: time.Unix(1_700_000_000, 0)}
+	b, err := batch.New(batch.Config{Default: max, MaxWait: wait, Now: c.now})
+	require.NoError(t, err)
+	return b, c
+}
+
+var (
+	enable  = batch.Key{Action: "enable", Account: "A", Options: "x"}
+	disable = batch.Key{Action: "disable", Account: "A", Options: "x"}
+)
+
+func TestBatcher(t *testing.T) {
+	t.Run("a_full_batch_is_ready_at_once_and_the_rest_waits", func(t *testing.T) {
+		b, c := newBatcher(t, 3, time.Second)
+		for i := range 4 {
+			b.Add(enable, batch.Item{Device: dev(i)})
+		}
+		require.True(t, b.Ready())
+		g := b.Take(false)
+		require.Len(t, g.Devices, 3)
+		require.False(t, b.Ready(), "the fourth device waits for MaxWait")
+		c.t = c.t.Add(time.Second)
+		require.True(t, b.Ready())
+		require.Len(t, b.Take(false).Devices, 1)
+		require.Nil(t, b.Take(false))
+		require.Zero(t, b.Items())
+	})
+	t.Run("the_same_device_twice_in_one_batch_is_sent_once", func(t *testing.T) {
+		b, _ := newBatcher(t, 10, 0)
+		b.Add(enable, batch.Item{Device: dev(1), Ref: "c1"})
+		b.Add(enable, batch.Item{Device: dev(1), Ref: "c2"})
+		g := b.Take(false)
+		require.Len(t, g.Devices, 1)
+		require.Len(t, g.Items, 2)
+	})
+	t.Run("a_device_asked_for_under_another_key_keeps_its_order", func(t *testing.T) {
+		b, _ := newBatcher(t, 100, time.Hour)
+		b.Add(enable, batch.Item{Device: dev(1), Ref: "enable-1"})
+		b.Add(enable, batch.Item{Device: dev(2), Ref: "enable-2"})
+		b.Add(disable, batch.Item{Device: dev(3), Ref: "disable-3"})
+		b.Add(disable, batch.Item{Device: dev(1), Ref: "disable-1"}) // seals the enable batch
+		b.Add(enable, batch.Item{Device: dev(1), Ref: "enable-1b"})  // seals the disable batch
+		first := b.Take(false)
+		require.Equal(t, "enable", first.Key.Action)
+		require.Equal(t, []any{"enable-1", "enable-2"}, refs(first))
+		second := b.Take(false)
+		require.Equal(t, "disable", second.Key.Action)
+		require.Equal(t, []any{"disable-3", "disable-1"}, refs(second))
+		require.Nil(t, b.Take(false), "the last enable batch is open and not due")
+		last := b.Take(true)
+		require.Equal(t, []any{"enable-1b"}, refs(last))
+	})
+	t.Run("per_action_limits_apply", func(t *testing.T) {
+		b, err := batch.New(batch.Config{Default: 5, MaxDevices: map[string]int{"suspend": 2}})
+		require.NoError(t, err)
+		suspend := batch.Key{Action: "suspend", Account: "A"}
+		for i := range 3 {
+			b.Add(suspend, batch.Item{Device: dev(i)})
+		}
+		require.Len(t, b.Take(false).Devices, 2)
+	})
+	t.Run("drain_returns_everything_sealed_first", func(t *testing.T) {
+		b, _ := newBatcher(t, 2, time.Hour)
+		b.Add(enable, batch.Item{Device: dev(1)})
+		b.Add(disable, batch.Item{Device: dev(2)})
+		b.Add(disable, batch.Item{Device: dev(3)}) // full: sealed
+		all := b.Drain()
+		require.Len(t, all, 2)
+		require.Equal(t, "disable", all[0].Key.Action)
+		require.Zero(t, b.Items())
+	})
+}
+
+func TestConfigRefusesSizesThingSpaceRefuses(t *testing.T) {
+	for _, n := range []int{0, 10001} {
+		_, err := batch.New(batch.Config{Default: n})
+		require.ErrorContains(t, err, "BATCH_MAX_DEVICES")
+	}
+	_, err := batch.New(batch.Config{Default: 10, MaxDevices: map[string]int{"enable": 20000}})
+	require.ErrorContains(t, err, "enable")
+}
+
+func refs(g *batch.Batch) []any {
+	out := make([]any, len(g.Items))
+	for i, it := range g.Items {
+		out[i] = it.Ref
+	}
+	return out
+}
