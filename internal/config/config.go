@@ -51,9 +51,9 @@ type Set struct {
 
 type setting struct {
 	flag, env, def, usage string
-	secret, required    bool
-	set                 func(string) error
-	value               func() string
+	secret, required      bool
+	set                   func(string) error
+	value                 func() string
 }
 
 // NewSet starts the settings of the program called name. Usage goes to out.

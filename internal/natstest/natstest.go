@@ -108,4 +108,3 @@ func (s *Server) JetStream() (*nats.Conn, jetstream.JetStream) {
 	}
 	return nc, js
 }
-
