@@ -1,0 +1,19 @@
+// Package thingspace is the adapter to Verizon ThingSpace's M2M REST API for
+// eSIM profile actions: the wire types (request bodies, the
+// DeviceProfileResponse callback, request status, callback registrations),
+// a [Client] that authenticates (OAuth2 client credentials plus an M2M
+// session, re-authenticating once on expiry with a single login in flight),
+// and one typed [APIError] for ThingSpace's three error body shapes with
+// sentinels and the helpers [Retryable], [RetryAfter], [IsAuth] and
+// [IsPermanent].
+//
+// The client retries nothing but the token cases: rate limiting, backoff and
+// retries of 429, 5xx and timeouts belong to the caller, which decides with
+// [Retryable] and [RetryAfter].
+//
+// Secrets (client secret, password, tokens, callback credentials) never
+// appear in an error string or a log line written by this package.
+//
+// It is an adapter: it may import internal/device, never internal/status nor
+// any application package (dispatch, callback) or cmd.
+package thingspace
