@@ -21,6 +21,9 @@ const (
 	DeadLetterSubjects     = "thingspace.profile.deadletter.>"
 	DeadLetterCommands     = "thingspace.profile.deadletter.commands"
 	DeadLetterCallbacks    = "thingspace.profile.deadletter.callbacks"
+	DeadlineStream         = "THINGSPACE_DEADLINES"
+	DeadlineSubject        = "thingspace.profile.deadlines"
+	DeadlineConsumer       = "deadline-watcher"
 	RequestBucket          = "thingspace_requests"
 	DispatcherConsumer     = "dispatcher"
 	CallbackFanoutConsumer = "callback-fanout"
@@ -115,6 +118,17 @@ func Streams(s StreamSettings) []jetstream.StreamConfig {
 			Replicas:    s.Replicas,
 			Retention:   jetstream.LimitsPolicy,
 			MaxAge:      s.CallbackMaxAge,
+			Duplicates:  s.EventDuplicates,
+			Discard:     jetstream.DiscardOld,
+		},
+		{
+			Name:        DeadlineStream,
+			Description: "one message per accepted request: when to reconcile devices with no final callback",
+			Subjects:    []string{DeadlineSubject},
+			Storage:     s.Storage,
+			Replicas:    s.Replicas,
+			Retention:   jetstream.WorkQueuePolicy,
+			MaxAge:      s.RequestTTL,
 			Duplicates:  s.EventDuplicates,
 			Discard:     jetstream.DiscardOld,
 		},
