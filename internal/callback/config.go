@@ -1,0 +1,181 @@
+package callback
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/esim-pipeline/thingspace-esim/internal/config"
+)
+
+// Config is everything callback-ingest reads at start. Build it with
+// [Config.Declare] and config.Set.Parse, or fill it in code (tests, the dev
+// stack); zero values take the defaults written on each field.
+type Config struct {
+	// NATS is NATS_URL and NATS_CREDS.
+	NATS config.NATS
+	// LogLevel is LOG_LEVEL; cmd uses it to build the logger.
+	LogLevel string
+	// ListenAddr is LISTEN_ADDR, the public callback listener (default ":8080";
+	// ":0" picks a port).
+	ListenAddr string
+	// MetricsAddr is METRICS_ADDR, the admin listener: health, /metrics and
+	// /devices/{id} (default ":9091").
+	MetricsAddr string
+	// Username is CALLBACK_USERNAME. With Password, callbacks must carry them
+	// (HTTP Basic or the body's username/password); both empty: no check.
+	Username string
+	// Password is CALLBACK_PASSWORD.
+	Password config.Secret
+	// StreamReplicas is STREAM_REPLICAS, replicas of the streams and bucket
+	// this service creates (default 1).
+	StreamReplicas int
+	// Storage of the streams this service creates: file (default) or memory.
+	// Not a setting; the dev stack may choose memory.
+	Storage jetstream.StorageType
+
+	// CorrelationGrace is CORRELATION_GRACE: how long after receipt a callback
+	// whose requestId has no record yet is redelivered, waiting for the
+	// dispatcher to write it, before its event goes out without commandId
+	// (default 15s).
+	CorrelationGrace time.Duration
+	// RetryDelay is FANOUT_RETRY_DELAY: the redelivery delay of a callback
+	// whose event could not be made yet (record pending, NATS trouble)
+	// (default 1s).
+	RetryDelay time.Duration
+	// Workers is FANOUT_WORKERS: callbacks turned into events at once
+	// (default 16).
+	Workers int
+	// MaxAckPending is FANOUT_MAX_ACK_PENDING: callbacks the fan-out consumer
+	// may hold unacknowledged, including those waiting for a record (default
+	// 20000: two requests' worth of callbacks beating their records).
+	MaxAckPending int
+	// RecordCache is RECORD_CACHE: requestId records kept in memory (default
+	// 1024; one record serves up to 10,000 callbacks).
+	RecordCache int
+	// StoreTimeout is STORE_TIMEOUT: how long a callback waits for JetStream
+	// to store it before the answer is 503, and the limit of each publish of
+	// the fan-out (default 5s).
+	StoreTimeout time.Duration
+	// ShutdownGrace is SHUTDOWN_GRACE: how long each stage of a graceful stop
+	// (HTTP requests in flight, fan-out handlers in flight) may take
+	// (default 20s).
+	ShutdownGrace time.Duration
+}
+
+// Defaults of the fields above.
+const (
+	DefaultListenAddr       = ":8080"
+	DefaultMetricsAddr      = ":9091"
+	DefaultCorrelationGrace = 15 * time.Second
+	DefaultRetryDelay       = time.Second
+	DefaultWorkers          = 16
+	DefaultMaxAckPending    = 20000
+	DefaultRecordCache      = 1024
+	DefaultStoreTimeout     = 5 * time.Second
+	DefaultShutdownGrace    = 20 * time.Second
+)
+
+// Declare adds every setting of c to s, with its environment variable, flag
+// and default.
+func (c *Config) Declare(s *config.Set) {
+	config.DeclareNATS(s, &c.NATS)
+	config.DeclareLogLevel(s, &c.LogLevel)
+	s.String(&c.ListenAddr, "listen-addr", "LISTEN_ADDR", DefaultListenAddr, "public callback listener (POST /callbacks, /healthz, /readyz)")
+	s.String(&c.MetricsAddr, "metrics-addr", "METRICS_ADDR", DefaultMetricsAddr, "admin listener (/healthz, /readyz, /metrics, /devices/{id})")
+	s.String(&c.Username, "callback-username", "CALLBACK_USERNAME", "", "user name callbacks must carry (Basic auth or body); empty with the password: no check")
+	s.Secret(&c.Password, "callback-password", "CALLBACK_PASSWORD", "password callbacks must carry")
+	s.Int(&c.StreamReplicas, "stream-replicas", "STREAM_REPLICAS", 1, "replicas of the streams and bucket created (3 on a cluster)")
+	s.Duration(&c.CorrelationGrace, "correlation-grace", "CORRELATION_GRACE", DefaultCorrelationGrace, "how long a callback may wait for its requestId record before its event goes out without commandId")
+	s.Duration(&c.RetryDelay, "fanout-retry-delay", "FANOUT_RETRY_DELAY", DefaultRetryDelay, "redelivery delay of a callback whose event cannot be made yet")
+	s.Int(&c.Workers, "fanout-workers", "FANOUT_WORKERS", DefaultWorkers, "callbacks turned into events concurrently")
+	s.Int(&c.MaxAckPending, "fanout-max-ack-pending", "FANOUT_MAX_ACK_PENDING", DefaultMaxAckPending, "unacknowledged callbacks the fan-out consumer may hold")
+	s.Int(&c.RecordCache, "record-cache", "RECORD_CACHE", DefaultRecordCache, "requestId records kept in memory")
+	s.Duration(&c.StoreTimeout, "store-timeout", "STORE_TIMEOUT", DefaultStoreTimeout, "how long a store in JetStream may take before a callback is answered 503")
+	s.Duration(&c.ShutdownGrace, "shutdown-grace", "SHUTDOWN_GRACE", DefaultShutdownGrace, "limit of each stage of a graceful stop")
+}
+
+func (c *Config) setDefaults() {
+	str := func(p *string, v string) {
+		if *p == "" {
+			*p = v
+		}
+	}
+	dur := func(p *time.Duration, v time.Duration) {
+		if *p == 0 {
+			*p = v
+		}
+	}
+	num := func(p *int, v int) {
+		if *p == 0 {
+			*p = v
+		}
+	}
+	str(&c.NATS.URL, "nats://127.0.0.1:4222")
+	str(&c.LogLevel, "info")
+	str(&c.ListenAddr, DefaultListenAddr)
+	str(&c.MetricsAddr, DefaultMetricsAddr)
+	num(&c.StreamReplicas, 1)
+	dur(&c.CorrelationGrace, DefaultCorrelationGrace)
+	dur(&c.RetryDelay, DefaultRetryDelay)
+	num(&c.Workers, DefaultWorkers)
+	num(&c.MaxAckPending, DefaultMaxAckPending)
+	num(&c.RecordCache, DefaultRecordCache)
+	dur(&c.StoreTimeout, DefaultStoreTimeout)
+	dur(&c.ShutdownGrace, DefaultShutdownGrace)
+}
+
+// Validate reports the first setting that cannot work, naming its variable.
+// Zero values count as their defaults.
+func (c Config) Validate() error {
+	c.setDefaults()
+	var errs []error
+	addr := func(env, v string) {
+		if _, _, err := net.SplitHostPort(v); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %q is not host:port: %w", env, v, err))
+		}
+	}
+	addr("LISTEN_ADDR", c.ListenAddr)
+	addr("METRICS_ADDR", c.MetricsAddr)
+	if c.ListenAddr == c.MetricsAddr && !strings.HasSuffix(c.ListenAddr, ":0") {
+		errs = append(errs, fmt.Errorf("METRICS_ADDR: %q is also LISTEN_ADDR; the admin listener must never be the callback port", c.MetricsAddr))
+	}
+	switch {
+	case c.Username != "" && c.Password.IsZero():
+		errs = append(errs, errors.New("CALLBACK_PASSWORD: missing required setting: CALLBACK_USERNAME is set"))
+	case c.Username == "" && !c.Password.IsZero():
+		errs = append(errs, errors.New("CALLBACK_USERNAME: missing required setting: CALLBACK_PASSWORD is set"))
+	}
+	if c.StreamReplicas < 1 || c.StreamReplicas > 5 {
+		errs = append(errs, fmt.Errorf("STREAM_REPLICAS: %d is out of range 1..5", c.StreamReplicas))
+	}
+	positive := func(env string, d time.Duration) {
+		if d < 0 {
+			errs = append(errs, fmt.Errorf("%s: %s must not be negative", env, d))
+		}
+	}
+	positive("CORRELATION_GRACE", c.CorrelationGrace)
+	positive("FANOUT_RETRY_DELAY", c.RetryDelay)
+	positive("STORE_TIMEOUT", c.StoreTimeout)
+	positive("SHUTDOWN_GRACE", c.ShutdownGrace)
+	if c.Workers < 1 || c.Workers > 1024 {
+		errs = append(errs, fmt.Errorf("FANOUT_WORKERS: %d is out of range 1..1024", c.Workers))
+	}
+	if c.MaxAckPending < c.Workers {
+		errs = append(errs, fmt.Errorf("FANOUT_MAX_ACK_PENDING: %d is below FANOUT_WORKERS %d", c.MaxAckPending, c.Workers))
+	}
+	if c.RecordCache < 1 {
+		errs = append(errs, fmt.Errorf("RECORD_CACHE: %d must be at least 1", c.RecordCache))
+	}
+	if len(errs) > 0 {
+		return errs[0]
+	}
+	return nil
+}
+
+// authRequired reports whether callbacks must carry credentials.
+func (c Config) authRequired() bool { return c.Username != "" || !c.Password.IsZero() }

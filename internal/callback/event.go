@@ -1,0 +1,148 @@
+package callback
+
+import (
+	"strings"
+	"time"
+
+	"github.com/esim-pipeline/thingspace-esim/internal/correlation"
+	"github.com/esim-pipeline/thingspace-esim/internal/device"
+	"github.com/esim-pipeline/thingspace-esim/internal/status"
+	"github.com/esim-pipeline/thingspace-esim/internal/thingspace"
+)
+
+// UnknownAction names the action of an event whose requestId has no record
+// and whose callback does not say which action it answers.
+const UnknownAction = "unknown"
+
+// callbackStatus maps a callback's status (any case) to the event's.
+func callbackStatus(cb *thingspace.Callback) (status.Status, bool) {
+	switch {
+	case cb.IsSuccess():
+		return status.Succeeded, true
+	case cb.IsFailed():
+		return status.Failed, true
+	case cb.IsWarning():
+		return status.Pending, true
+	}
+	return "", false
+}
+
+// callbackDevice is the device a callback names: the union of deviceIds and
+// deviceIdentifierCollection, kinds lower-cased, kinds outside device.Kinds
+// left out. Values are kept as ThingSpace wrote them.
+func callbackDevice(cb *thingspace.Callback) device.Set {
+	var d device.Set
+	for k, v := range cb.Identifiers() {
+		kind, err := device.ParseKind(k)
+		if err != nil {
+			continue
+		}
+		d = d.With(kind, v)
+	}
+	return d
+}
+
+// merge adds the identifiers the record knows and the callback did not say,
+// so the event lands on the subject of the device's accepted event.
+func merge(cb, rec device.Set) device.Set {
+	for _, k := range device.Kinds {
+		if cb.Get(k) == "" {
+			if v := rec.Get(k); v != "" {
+				cb = cb.With(k, v)
+			}
+		}
+	}
+	return cb
+}
+
+// guessAction reads the action a callback answers from what it reports, for
+// a requestId without a record: delete and disable name themselves in
+// profileStatus; deactivate and suspend show in the device's state (their
+// profileStatus stays ENABLE); enable names itself in profileStatus.
+func guessAction(p *thingspace.DeviceProfileResponse) string {
+	if p == nil {
+		return UnknownAction
+	}
+	ps := strings.ToLower(strings.TrimSpace(p.ProfileStatus))
+	st := strings.ToLower(strings.TrimSpace(p.State))
+	switch {
+	case strings.HasPrefix(ps, "delete"):
+		return thingspace.ActionDelete
+	case strings.HasPrefix(ps, "disable"):
+		return thingspace.ActionDisable
+	case strings.HasPrefix(st, "deactiv"):
+		return thingspace.ActionDeactivate
+	case strings.HasPrefix(st, "suspend"):
+		return thingspace.ActionSuspend
+	case strings.HasPrefix(ps, "enable"):
+		return thingspace.ActionEnable
+	}
+	return UnknownAction
+}
+
+// profileOf copies the allow-listed fields of the callback's profile
+// response: never deviceCredential, username or password.
+func profileOf(p *thingspace.DeviceProfileResponse) *status.Profile {
+	if p == nil {
+		return nil
+	}
+	out := status.Profile{
+		State:                           p.State,
+		ProfileStatus:                   p.ProfileStatus,
+		ProfileRole:                     p.ProfileRole,
+		ServicePlan:                     p.ServicePlan,
+		SmsrOid:                         p.SmsrOid,
+		EuiccStatus:                     p.EuiccStatus,
+		EuiccStatusCode:                 p.EuiccStatusCode,
+		EuiccStatusDesc:                 p.EuiccStatusDesc,
+		EuiccSubAddressUpdateStatus:     p.EuiccSubAddressUpdateStatus,
+		EuiccSubAddressUpdateStatusCode: p.EuiccSubAddressUpdateStatusCode,
+		EuiccSubAddressUpdateStatusDesc: p.EuiccSubAddressUpdateStatusDesc,
+		IPAddress:                       p.IPAddress,
+	}
+	if out.IsZero() {
+		return nil
+	}
+	return &out
+}
+
+// Reason codes of failed callbacks without a faultResponse.
+const reasonNoFault = "CALLBACK_FAILED"
+
+// buildEvent makes the status event of one callback. rec may be nil (no
+// record after the grace); receivedAt is when the callback reached us.
+func buildEvent(cb *thingspace.Callback, st status.Status, rec *correlation.Record, receivedAt time.Time) status.Event {
+	said := callbackDevice(cb)
+	dev := said
+	ev := status.Event{
+		RequestID:            cb.RequestID,
+		Status:               st,
+		Final:                st.Final(),
+		Profile:              profileOf(cb.Profile()),
+		CallbackCount:        cb.CallbackCount,
+		MaxCallbackThreshold: cb.MaxCallbackThreshold,
+		OccurredAt:           receivedAt.UTC(),
+	}
+	if rec != nil {
+		ev.Action = rec.Action
+		ev.AccountName = rec.AccountName
+		if e, ok := rec.Find(dev); ok {
+			ev.CommandID = e.CommandID
+			dev = merge(dev, e.Device)
+		}
+	}
+	if ev.Action == "" {
+		ev.Action = guessAction(cb.Profile())
+	}
+	if st == status.Failed {
+		ev.Reason = &status.Reason{Code: reasonNoFault, Message: "ThingSpace reported the action failed without a faultResponse"}
+		if f := cb.FaultResponse; f != nil && (f.FaultCode != "" || f.FaultString != "") {
+			ev.Reason = &status.Reason{Code: f.FaultCode, Message: f.FaultString}
+		}
+	}
+	ev.Device = dev
+	// The id comes from what the callback says, so a resend names the same
+	// fact whether or not the record was found by then.
+	ev.EventID = status.RequestEventID(st, cb.RequestID, said)
+	return ev
+}

@@ -1,0 +1,237 @@
+package callback
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/esim-pipeline/thingspace-esim/internal/correlation"
+	"github.com/esim-pipeline/thingspace-esim/internal/observability"
+	"github.com/esim-pipeline/thingspace-esim/internal/status"
+	"github.com/esim-pipeline/thingspace-esim/internal/thingspace"
+)
+
+// errRetry marks a callback whose event cannot be made yet; the message is
+// handed back and redelivered after the retry delay. Every other handler
+// error is permanent and sends the callback to the dead letters.
+var errRetry = errors.New("retry later")
+
+type retryError struct {
+	reason string
+	err    error
+}
+
+func (e *retryError) Error() string        { return e.reason + ": " + e.err.Error() }
+func (e *retryError) Unwrap() []error      { return []error{errRetry, e.err} }
+func retry(reason string, err error) error { return &retryError{reason: reason, err: err} }
+
+func retryReason(err error) string {
+	var re *retryError
+	if errors.As(err, &re) {
+		return re.reason
+	}
+	return ""
+}
+
+// isPermanent decides what goes to the dead letters.
+func isPermanent(err error) bool { return !errors.Is(err, errRetry) }
+
+// fanout turns one stored callback into one status event.
+type fanout struct {
+	js      jetstream.JetStream
+	status  jetstream.Stream // the status stream, for last-event reads
+	records *records
+	grace   time.Duration
+	timeout time.Duration
+	now     func() time.Time
+	m       *metrics
+	log     zerolog.Logger
+}
+
+// handle is the Watermill handler. It returns nil only after the event is
+// stored (or the status stream had it already); the router then acks.
+func (f *fanout) handle(msg *message.Message) error {
+	cb, err := thingspace.ParseCallback(msg.Payload)
+	if err != nil {
+		f.m.parseFailures.Inc()
+		return fmt.Errorf("stored callback cannot be parsed: %w", err)
+	}
+	st, ok := callbackStatus(cb)
+	if !ok {
+		return fmt.Errorf("callback status %q has no event status", cb.Status)
+	}
+	receivedAt := f.receivedAt(msg)
+	ctx, cancel := context.WithTimeout(msg.Context(), f.timeout)
+	defer cancel()
+
+	waited := f.now().Sub(receivedAt)
+	rec, err := f.records.Get(ctx, cb.RequestID, waited >= f.grace)
+	switch {
+	case err == nil:
+	case errors.Is(err, correlation.ErrNotFound):
+		if waited < f.grace {
+			// The dispatcher may still be writing the record.
+			return retry("record_pending", err)
+		}
+		rec = nil
+	default:
+		return retry("nats", err)
+	}
+
+	ev := buildEvent(cb, st, rec, receivedAt)
+	if rec == nil {
+		f.m.uncorrelated.Inc()
+	}
+	if err := f.publish(ctx, ev); err != nil {
+		return err
+	}
+	f.m.lag.Observe(f.now().Sub(receivedAt).Seconds())
+	f.log.Debug().Str(observability.FieldEventID, ev.EventID).Str(observability.FieldRequestID, ev.RequestID).
+		Str(observability.FieldCommandID, ev.CommandID).Str(observability.FieldStatus, string(ev.Status)).
+		Str(observability.FieldSubject, ev.Subject()).Msg("status event stored")
+	return nil
+}
+
+// receivedAt reads the intake's receipt time, else the time JetStream
+// stored the message, else now.
+func (f *fanout) receivedAt(msg *message.Message) time.Time {
+	for _, k := range []string{HeaderReceivedAt, metaStoredAt} {
+		if v := msg.Metadata.Get(k); v != "" {
+			if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
+				return t
+			}
+		}
+	}
+	return f.now()
+}
+
+// publish stores ev on its subject with Nats-Msg-Id = eventId and waits for
+// the ack; a duplicate ack means the fact is already stored.
+//
+// A pending event is stored only while the request has not settled the
+// device: handlers run concurrently, and a warning handled after the final
+// callback of the same request must not become the device's latest state.
+// The check and the store are tied by Nats-Expected-Last-Subject-Sequence.
+func (f *fanout) publish(ctx context.Context, ev status.Event) error {
+	body, err := json.Marshal(ev)
+	if err != nil {
+		return fmt.Errorf("encode event: %w", err)
+	}
+	subject := ev.Subject()
+	for attempt := 0; ; attempt++ {
+		msg := &nats.Msg{Subject: subject, Data: body, Header: nats.Header{nats.MsgIdHdr: []string{ev.EventID}}}
+		if !ev.Final {
+			settled, seq, err := f.settled(ctx, subject, ev.RequestID)
+			if err != nil {
+				return retry("nats", err)
+			}
+			if settled {
+				f.m.stale.Inc()
+				return nil
+			}
+			msg.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(seq, 10))
+		}
+		ack, err := f.js.PublishMsg(ctx, msg)
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence && attempt < 10 {
+			continue // another event landed on the subject meanwhile: look again
+		}
+		if err != nil {
+			return retry("nats", fmt.Errorf("store event on %s: %w", subject, err))
+		}
+		if ack.Duplicate {
+			f.m.duplicates.Inc()
+		} else {
+			f.m.events.WithLabelValues(string(ev.Status)).Inc()
+		}
+		return nil
+	}
+}
+
+// settled reports whether the last event on subject is a final one of the
+// same request, and the subject's last sequence (0 when it has none).
+func (f *fanout) settled(ctx context.Context, subject, requestID string) (bool, uint64, error) {
+	last, err := f.status.GetLastMsgForSubject(ctx, subject)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return false, 0, nil
+	}
+	if err != nil {
+		return false, 0, err
+	}
+	var prev struct {
+		RequestID string `json:"requestId"`
+		Final     bool   `json:"final"`
+	}
+	if json.Unmarshal(last.Data, &prev) != nil {
+		return false, last.Sequence, nil
+	}
+	return prev.Final && prev.RequestID == requestID, last.Sequence, nil
+}
+
+// gate holds back new callbacks while the service stops and lets the
+// handlers in flight finish, so the router closes with nothing half done.
+type gate struct {
+	mu       sync.Mutex
+	closed   bool
+	inflight sync.WaitGroup
+}
+
+var errDraining = errors.New("service stopping")
+
+func (g *gate) middleware(h message.HandlerFunc) message.HandlerFunc {
+	return func(msg *message.Message) ([]*message.Message, error) {
+		g.mu.Lock()
+		if g.closed {
+			g.mu.Unlock()
+			return nil, retry("draining", errDraining)
+		}
+		g.inflight.Add(1)
+		g.mu.Unlock()
+		defer g.inflight.Done()
+		return h(msg)
+	}
+}
+
+// close stops new handler runs and waits up to grace for those in flight.
+func (g *gate) close(grace time.Duration) bool {
+	g.mu.Lock()
+	g.closed = true
+	g.mu.Unlock()
+	done := make(chan struct{})
+	go func() { g.inflight.Wait(); close(done) }()
+	select {
+	case <-done:
+		return true
+	case <-time.After(grace):
+		return false
+	}
+}
+
+// observe is the metrics middleware: outcome and duration of each run.
+func (f *fanout) observe(h message.HandlerFunc) message.HandlerFunc {
+	return func(msg *message.Message) ([]*message.Message, error) {
+		start := f.now()
+		out, err := h(msg)
+		f.m.handleSeconds.Observe(f.now().Sub(start).Seconds())
+		switch {
+		case err == nil:
+			f.m.handled.WithLabelValues("ok").Inc()
+		case isPermanent(err):
+			f.m.handled.WithLabelValues("error").Inc()
+			f.log.Warn().Err(err).Str("message_uuid", msg.UUID).Msg("callback dead-lettered")
+		default:
+			f.m.handled.WithLabelValues("retry").Inc()
+			f.m.retries.WithLabelValues(retryReason(err)).Inc()
+		}
+		return out, err
+	}
+}

@@ -1,0 +1,151 @@
+package callback
+
+import (
+	"context"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are what callback-ingest shows on /metrics, all prefixed
+// esim_ingest_.
+type metrics struct {
+	callbacks     *prometheus.CounterVec   // by HTTP answer code
+	callbackCodes map[int]prometheus.Counter
+	storeSeconds  prometheus.Histogram     // POST /callbacks: time to the PubAck
+	parseFailures prometheus.Counter       // unparseable callbacks (intake and fan-out)
+	events        *prometheus.CounterVec   // events stored, by status
+	duplicates    prometheus.Counter       // events the status stream already had
+	stale         prometheus.Counter       // pending events dropped: the request already settled
+	deadLetters   *prometheus.CounterVec   // by source: intake, fanout
+	retries       *prometheus.CounterVec   // fan-out redeliveries asked for, by reason
+	handled       *prometheus.CounterVec   // fan-out handler outcomes
+	handleSeconds prometheus.Histogram     // fan-out handler duration
+	lag           prometheus.Histogram     // receipt to event stored
+	uncorrelated  prometheus.Counter       // events published without a record
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		callbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "esim_ingest_callbacks_total",
+			Help: "POST /callbacks requests, by HTTP answer code.",
+		}, []string{"code"}),
+		storeSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "esim_ingest_callback_store_seconds",
+			Help:    "Time from a callback's arrival to JetStream's ack of its raw copy.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}),
+		parseFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "esim_ingest_parse_failures_total",
+			Help: "Authenticated callbacks that could not be parsed.",
+		}),
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "esim_ingest_events_published_total",
+			Help: "Status events stored in the status stream, by status.",
+		}, []string{"status"}),
+		duplicates: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "esim_ingest_events_duplicate_total",
+			Help: "Status events the status stream already held (resends, redeliveries).",
+		}),
+		stale: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "esim_ingest_events_stale_total",
+			Help: "pending events not published because the request had already settled the device.",
+		}),
+		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "esim_ingest_dead_letters_total",
+			Help: "Callbacks stored in the dead-letter subject, by where they failed (intake, fanout).",
+		}, []string{"source"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "esim_ingest_fanout_retries_total",
+			Help: "Callbacks handed back for redelivery, by reason (record_pending, nats, draining).",
+		}, []string{"reason"}),
+		handled: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "esim_ingest_fanout_handled_total",
+			Help: "Fan-out handler runs, by outcome (ok, retry, error).",
+		}, []string{"outcome"}),
+		handleSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "esim_ingest_fanout_handle_seconds",
+			Help:    "Duration of one fan-out handler run.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}),
+		lag: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "esim_ingest_fanout_lag_seconds",
+			Help:    "Time from a callback's receipt to its status event being stored.",
+			Buckets: []float64{.001, .005, .01, .05, .1, .5, 1, 5, 15, 30, 60, 300, 900},
+		}),
+		uncorrelated: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "esim_ingest_events_uncorrelated_total",
+			Help: "Status events published without a requestId record (no commandId), after the grace.",
+		}),
+	}
+	reg.MustRegister(m.callbacks, m.storeSeconds, m.parseFailures, m.events, m.duplicates, m.stale,
+		m.deadLetters, m.retries, m.handled, m.handleSeconds, m.lag, m.uncorrelated)
+	// Resolve the usual codes once: no label lookup per request.
+	m.callbackCodes = make(map[int]prometheus.Counter)
+	for _, c := range []int{200, 400, 401, 405, 413, 415, 503} {
+		m.callbackCodes[c] = m.callbacks.WithLabelValues(strconv.Itoa(c))
+	}
+	for _, r := range []string{"record_pending", "nats", "draining"} {
+		m.retries.WithLabelValues(r)
+	}
+	for _, s := range []string{"intake", "fanout"} {
+		m.deadLetters.WithLabelValues(s)
+	}
+	return m
+}
+
+func (m *metrics) answered(code int) {
+	if c, ok := m.callbackCodes[code]; ok {
+		c.Inc()
+		return
+	}
+	m.callbacks.WithLabelValues(strconv.Itoa(code)).Inc()
+}
+
+// consumerCollector reports the fan-out consumer's backlog at scrape time:
+// esim_ingest_fanout_pending_messages (stored, not yet delivered) and
+// esim_ingest_fanout_ack_pending_messages (delivered, not yet acked,
+// including callbacks waiting for their record).
+type consumerCollector struct {
+	consumer   func() jetstream.Consumer
+	pending    *prometheus.Desc
+	ackPending *prometheus.Desc
+	redeliver  *prometheus.Desc
+}
+
+func newConsumerCollector(consumer func() jetstream.Consumer) *consumerCollector {
+	return &consumerCollector{
+		consumer: consumer,
+		pending: prometheus.NewDesc("esim_ingest_fanout_pending_messages",
+			"Callbacks stored but not yet delivered to the fan-out.", nil, nil),
+		ackPending: prometheus.NewDesc("esim_ingest_fanout_ack_pending_messages",
+			"Callbacks delivered to the fan-out and not yet acknowledged.", nil, nil),
+		redeliver: prometheus.NewDesc("esim_ingest_fanout_redelivered_messages",
+			"Callbacks delivered more than once and not yet acknowledged.", nil, nil),
+	}
+}
+
+func (c *consumerCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.pending
+	ch <- c.ackPending
+	ch <- c.redeliver
+}
+
+func (c *consumerCollector) Collect(ch chan<- prometheus.Metric) {
+	cons := c.consumer()
+	if cons == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(c.pending, prometheus.GaugeValue, float64(info.NumPending))
+	ch <- prometheus.MustNewConstMetric(c.ackPending, prometheus.GaugeValue, float64(info.NumAckPending))
+	ch <- prometheus.MustNewConstMetric(c.redeliver, prometheus.GaugeValue, float64(info.NumRedelivered))
+}

@@ -1,0 +1,395 @@
+package callback
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	wmjs "github.com/ThreeDotsLabs/watermill-nats/v2/pkg/jetstream"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"github.com/esim-pipeline/thingspace-esim/internal/broker"
+	"github.com/esim-pipeline/thingspace-esim/internal/correlation"
+	"github.com/esim-pipeline/thingspace-esim/internal/observability"
+)
+
+// Addrs are the bound addresses of the two listeners.
+type Addrs struct {
+	Callback string // LISTEN_ADDR: POST /callbacks, /healthz, /readyz
+	Admin    string // METRICS_ADDR: /healthz, /readyz, /metrics, /devices/{id}
+}
+
+// Option tunes Run.
+type Option func(*options)
+
+type options struct {
+	onReady  func(Addrs)
+	registry *prometheus.Registry
+	now      func() time.Time
+}
+
+// OnReady is called once, when both listeners are bound, the streams and
+// the fan-out consumer exist and the fan-out runs: from then on callbacks
+// are stored and turned into events.
+func OnReady(f func(Addrs)) Option { return func(o *options) { o.onReady = f } }
+
+// WithRegistry registers the metrics in reg instead of a new registry (with
+// the Go and process collectors) served on /metrics.
+func WithRegistry(reg *prometheus.Registry) Option { return func(o *options) { o.registry = reg } }
+
+// ConnectionName is the NATS connection name of the service; the fan-out's
+// own connection adds "-fanout".
+const ConnectionName = "callback-ingest"
+
+// Run serves callback-ingest until ctx ends, then stops in stages: the HTTP
+// listener finishes the requests in flight, the fan-out finishes the
+// callbacks in flight, the connections drain. It returns nil after a clean
+// stop. NATS may come up after Run starts: both listeners answer /healthz at
+// once and /readyz (and POST /callbacks, with 503) only when ready.
+func Run(ctx context.Context, cfg Config, log zerolog.Logger, opts ...Option) error {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	o := options{now: time.Now}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	reg := o.registry
+	if reg == nil {
+		reg = observability.NewRegistry()
+	}
+	m := newMetrics(reg)
+	s := &service{cfg: cfg, log: log, m: m, now: o.now}
+	reg.MustRegister(newConsumerCollector(func() jetstream.Consumer {
+		if c := s.consumer.Load(); c != nil {
+			return *c
+		}
+		return nil
+	}))
+	return s.run(ctx, reg, o.onReady)
+}
+
+type service struct {
+	cfg Config
+	log zerolog.Logger
+	m   *metrics
+	now func() time.Time
+
+	readiness atomic.Pointer[broker.Readiness]
+	js        atomic.Pointer[jetstream.JetStream]
+	status    atomic.Pointer[jetstream.Stream]
+	consumer  atomic.Pointer[jetstream.Consumer]
+}
+
+func (s *service) ready() error {
+	r := s.readiness.Load()
+	if r == nil {
+		return errors.New("connecting to NATS")
+	}
+	return r.Check()
+}
+
+func (s *service) run(ctx context.Context, reg *prometheus.Registry, onReady func(Addrs)) error {
+	log := s.log
+
+	// Listeners first: health answers while NATS is still coming.
+	in := &intake{
+		js: func() jetstream.JetStream {
+			if p := s.js.Load(); p != nil {
+				return *p
+			}
+			return nil
+		},
+		ready:   s.ready,
+		timeout: s.cfg.StoreTimeout,
+		now:     s.now,
+		m:       s.m,
+		log:     log.With().Str(observability.FieldComponent, "intake").Logger(),
+	}
+	if s.cfg.authRequired() {
+		in.auth = newCredentials(s.cfg.Username, s.cfg.Password.Reveal())
+	}
+	pubMux := http.NewServeMux()
+	observability.Health(pubMux, s.ready)
+	pubMux.Handle("POST "+CallbackPath, in)
+	pub, err := observability.Listen(s.cfg.ListenAddr, pubMux, log)
+	if err != nil {
+		return fmt.Errorf("LISTEN_ADDR: %w", err)
+	}
+	// A callback is small; a slow sender must not hold a connection long.
+	pub.HTTP().ReadTimeout = 15 * time.Second
+	pub.HTTP().WriteTimeout = s.cfg.StoreTimeout + 10*time.Second
+
+	adminMux := observability.AdminMux(reg, s.ready)
+	adminMux.Handle("GET /devices/{id}", &devices{
+		stream: func() jetstream.Stream {
+			if p := s.status.Load(); p != nil {
+				return *p
+			}
+			return nil
+		},
+		timeout: s.cfg.StoreTimeout,
+	})
+	admin, err := observability.Listen(s.cfg.MetricsAddr, adminMux, log)
+	if err != nil {
+		_ = pub.HTTP().Close()
+		return fmt.Errorf("METRICS_ADDR: %w", err)
+	}
+	addrs := Addrs{Callback: pub.Addr(), Admin: admin.Addr()}
+	log.Info().Str("callback_addr", addrs.Callback).Str("admin_addr", addrs.Admin).Msg("listening")
+
+	pubCtx, stopPub := context.WithCancel(context.WithoutCancel(ctx))
+	adminCtx, stopAdmin := context.WithCancel(context.WithoutCancel(ctx))
+	pubDone := make(chan error, 1)
+	adminDone := make(chan error, 1)
+	go func() { pubDone <- pub.Serve(pubCtx, s.cfg.ShutdownGrace) }()
+	go func() { adminDone <- admin.Serve(adminCtx, s.cfg.ShutdownGrace) }()
+	stopHTTP := func() error {
+		stopPub()
+		err := <-pubDone
+		stopAdmin()
+		if e := <-adminDone; err == nil {
+			err = e
+		}
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+		return err
+	}
+
+	nc, fanConn, router, g, err := s.start(ctx)
+	if err != nil {
+		herr := stopHTTP()
+		if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+			return herr // stopped while starting: a clean stop
+		}
+		return err
+	}
+	routerDone := make(chan error, 1)
+	go func() { routerDone <- router.Run(context.WithoutCancel(ctx)) }()
+	select {
+	case <-router.Running():
+	case err := <-routerDone:
+		_ = stopHTTP()
+		nc.Close()
+		fanConn.Close()
+		return fmt.Errorf("fan-out router: %w", err)
+	case <-ctx.Done():
+	}
+	if ctx.Err() == nil {
+		log.Info().Int("workers", s.cfg.Workers).Msg("ready")
+		if onReady != nil {
+			onReady(addrs)
+		}
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case err := <-pubDone:
+		runErr = fmt.Errorf("callback listener: %w", err)
+		pubDone <- nil
+	case err := <-adminDone:
+		runErr = fmt.Errorf("admin listener: %w", err)
+		adminDone <- nil
+	case err := <-routerDone:
+		runErr = fmt.Errorf("fan-out router stopped: %w", err)
+		routerDone <- nil
+	}
+
+	// Stage 1: no new callbacks; finish those being stored.
+	log.Info().Msg("stopping: finishing callbacks in flight")
+	if err := stopHTTP(); err != nil && runErr == nil {
+		runErr = fmt.Errorf("http shutdown: %w", err)
+	}
+	// Stage 2: no new fan-out runs; finish those in flight, then the router.
+	if !g.close(s.cfg.ShutdownGrace) {
+		log.Warn().Msg("fan-out handlers still running at the shutdown grace; JetStream redelivers them")
+	}
+	if err := router.Close(); err != nil {
+		log.Warn().Err(err).Msg("fan-out router close")
+	}
+	<-routerDone
+	// Stage 3: flush acks and publishes, then close.
+	for _, c := range []*nats.Conn{fanConn, nc} {
+		if err := drain(c, s.cfg.ShutdownGrace); err != nil {
+			log.Warn().Err(err).Msg("nats drain")
+		}
+	}
+	log.Info().Msg("stopped")
+	return runErr
+}
+
+// start connects, ensures the streams and the fan-out consumer, and builds
+// the router. It retries until it holds or ctx ends.
+func (s *service) start(ctx context.Context) (nc, fanConn *nats.Conn, router *message.Router, g *gate, err error) {
+	log := s.log
+	nc, err = broker.Connect(ctx, s.cfg.NATS, ConnectionName, log.With().Str(observability.FieldComponent, "nats").Logger())
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	fail := func(e error) (*nats.Conn, *nats.Conn, *message.Router, *gate, error) {
+		nc.Close()
+		if fanConn != nil {
+			fanConn.Close()
+		}
+		return nil, nil, nil, nil, e
+	}
+	s.readiness.Store(broker.NewReadiness(nc))
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fail(err)
+	}
+	settings := broker.StreamSettings{Replicas: s.cfg.StreamReplicas, Storage: s.cfg.Storage}
+	if err := broker.Ensure(ctx, js, settings); err != nil {
+		return fail(err)
+	}
+	var statusStream jetstream.Stream
+	if err := broker.Retry(ctx, func(ctx context.Context) (err error) {
+		statusStream, err = js.Stream(ctx, broker.StatusStream)
+		return err
+	}); err != nil {
+		return fail(fmt.Errorf("stream %s: %w", broker.StatusStream, err))
+	}
+	var store *correlation.Store
+	if err := broker.Retry(ctx, func(ctx context.Context) (err error) {
+		store, err = correlation.Open(ctx, js)
+		return err
+	}); err != nil {
+		return fail(err)
+	}
+	consumerCfg := jetstream.ConsumerConfig{
+		Durable:       broker.CallbackFanoutConsumer,
+		Description:   "callback-ingest: raw callbacks to status events",
+		FilterSubject: broker.CallbackSubject,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       s.cfg.StoreTimeout*3 + 15*time.Second,
+		MaxDeliver:    -1,
+		MaxAckPending: s.cfg.MaxAckPending,
+		Replicas:      s.cfg.StreamReplicas,
+	}
+	var consumer jetstream.Consumer
+	if err := broker.Retry(ctx, func(ctx context.Context) (err error) {
+		consumer, err = js.CreateOrUpdateConsumer(ctx, broker.CallbackStream, consumerCfg)
+		return err
+	}); err != nil {
+		return fail(fmt.Errorf("consumer %s: %w", broker.CallbackFanoutConsumer, err))
+	}
+	s.js.Store(&js)
+	s.status.Store(&statusStream)
+	s.consumer.Store(&consumer)
+	s.readiness.Load().SetReady()
+
+	// The watermill subscriber drains the connection it is given when it
+	// closes: it gets one of its own.
+	fanConn, err = broker.Connect(ctx, s.cfg.NATS, ConnectionName+"-fanout", log.With().Str(observability.FieldComponent, "nats-fanout").Logger())
+	if err != nil {
+		return fail(err)
+	}
+	wlog := observability.WatermillLogger(log.With().Str(observability.FieldComponent, "fanout").Logger())
+	sub, err := wmjs.NewSubscriber(wmjs.SubscriberConfig{
+		Conn:                fanConn,
+		Logger:              quietLogger{LoggerAdapter: wlog, infoToDebug: true},
+		AckWaitTimeout:      consumerCfg.AckWait - 5*time.Second,
+		ResourceInitializer: existingConsumer(consumer),
+		NakDelay:            wmjs.NewStaticDelay(s.cfg.RetryDelay),
+		ConsumeOptions:      []jetstream.PullConsumeOpt{jetstream.PullMaxMessages(prefetch(s.cfg))},
+		AckAsync:            true, // a lost ack means a redelivery, which the eventId absorbs
+		Unmarshaler:         Unmarshaler{},
+	})
+	if err != nil {
+		return fail(err)
+	}
+	router, err = message.NewRouter(message.RouterConfig{CloseTimeout: s.cfg.ShutdownGrace}, quietLogger{LoggerAdapter: wlog})
+	if err != nil {
+		return fail(err)
+	}
+	f := &fanout{
+		js:      js,
+		status:  statusStream,
+		records: newRecords(store, s.cfg.RecordCache, missTTL(s.cfg)),
+		grace:   s.cfg.CorrelationGrace,
+		timeout: s.cfg.StoreTimeout,
+		now:     s.now,
+		m:       s.m,
+		log:     log.With().Str(observability.FieldComponent, "fanout").Logger(),
+	}
+	poison, err := middleware.PoisonQueueWithFilter(deadLetters{
+		js: js, timeout: s.cfg.StoreTimeout,
+		onStore: func() { s.m.deadLetters.WithLabelValues("fanout").Inc() },
+	}, broker.DeadLetterCallbacks, isPermanent)
+	if err != nil {
+		return fail(err)
+	}
+	g = &gate{}
+	// Outermost first. Recoverer is innermost so that a panic becomes an
+	// error the poison queue sees.
+	router.AddMiddleware(middleware.CorrelationID, g.middleware, poison, f.observe, middleware.Recoverer)
+	// Each handler is one more pull loop on the same durable consumer:
+	// watermill-nats hands a loop's messages over one at a time.
+	for i := range s.cfg.Workers {
+		router.AddConsumerHandler("callback-fanout-"+strconv.Itoa(i), broker.CallbackSubject, sub, f.handle)
+	}
+	return nc, fanConn, router, g, nil
+}
+
+// prefetch is how many messages each pull loop buffers: enough to keep a
+// worker busy, few enough that the buffered ones are handled well inside
+// the consumer's ack wait.
+func prefetch(cfg Config) int {
+	n := cfg.MaxAckPending / (cfg.Workers * 2)
+	switch {
+	case n > 256:
+		n = 256
+	case n < 1:
+		n = 1
+	}
+	return n
+}
+
+// missTTL is how long a missing record is remembered: short against the
+// retry delay, so the callbacks of one request that beat its record share
+// one look-up per retry round.
+func missTTL(cfg Config) time.Duration {
+	d := cfg.RetryDelay / 4
+	if d > 250*time.Millisecond {
+		d = 250 * time.Millisecond
+	}
+	return d
+}
+
+// drain flushes what nc still has to send and closes it, waiting up to grace.
+func drain(nc *nats.Conn, grace time.Duration) error {
+	if nc.IsClosed() {
+		return nil
+	}
+	closed := make(chan struct{})
+	var once sync.Once
+	nc.SetClosedHandler(func(*nats.Conn) { once.Do(func() { close(closed) }) })
+	if nc.IsClosed() {
+		return nil
+	}
+	if err := nc.Drain(); err != nil {
+		nc.Close()
+		return err
+	}
+	select {
+	case <-closed:
+		return nil
+	case <-time.After(grace):
+		nc.Close()
+		return errors.New("drain timed out")
+	}
+}
