@@ -38,6 +38,15 @@ func ParseKind(s string) (Kind, error) {
 	return "", fmt.Errorf("%w %q (want one of eid, iccid, imei, mdn, msisdn)", ErrUnknownKind, s)
 }
 
+// Valid reports whether k is one of [Kinds] (lower case, as ParseKind returns).
+func (k Kind) Valid() bool {
+	switch k {
+	case EID, ICCID, IMEI, MDN, MSISDN:
+		return true
+	}
+	return false
+}
+
 // Options tune how strictly identifiers are checked.
 type Options struct {
 	// Checksums also verifies check digits: Luhn for ICCID and IMEI, ISO 7064
@@ -67,6 +76,9 @@ func (id ID) String() string { return string(id.kind) + ":" + id.value }
 // Parse checks value against kind's format (see THINGSPACE.md) and, with
 // opts.Checksums, its check digit.
 func Parse(kind Kind, value string, opts Options) (ID, error) {
+	if !kind.Valid() {
+		return ID{}, fmt.Errorf("%w %q (want one of eid, iccid, imei, mdn, msisdn)", ErrUnknownKind, string(kind))
+	}
 	v := strings.TrimSpace(value)
 	if v == "" {
 		return ID{}, fmt.Errorf("%w: %s is empty", ErrInvalid, kind)
@@ -110,8 +122,6 @@ func Parse(kind Kind, value string, opts Options) (ID, error) {
 		if n < 11 || n > 15 {
 			return ID{}, fmt.Errorf("%w: msisdn %q has %d digits, want 11 to 15", ErrInvalid, value, n)
 		}
-	default:
-		return ID{}, fmt.Errorf("%w %q", ErrUnknownKind, kind)
 	}
 	return ID{kind: kind, value: v}, nil
 }
