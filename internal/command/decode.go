@@ -1,6 +1,7 @@
 package command
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -26,7 +27,8 @@ const maxEchoed = 64
 // devices is missing, empty, not an array or holds no object, or action is
 // unknown. Otherwise it returns a Command in which every device is either in
 // Devices or in Problems, and Err tells whether the command is refused as a
-// whole.
+// whole. A leading UTF-8 byte order mark is ignored. Any other error is a
+// broken schema file, which this package's tests rule out.
 func Decode(action Action, body []byte, opts device.Options) (*Command, error) {
 	a, err := ParseAction(string(action))
 	if err != nil {
@@ -36,7 +38,8 @@ func Decode(action Action, body []byte, opts device.Options) (*Command, error) {
 	if err != nil {
 		return nil, fmt.Errorf("command schema for %s: %w", a, err)
 	}
-	if len(strings.TrimSpace(string(body))) == 0 {
+	body = bytes.TrimPrefix(body, []byte("\xef\xbb\xbf"))
+	if len(bytes.TrimSpace(body)) == 0 {
 		return nil, undecodable("the body is empty, want a JSON object with devices and accountName")
 	}
 	var doc any
@@ -105,7 +108,8 @@ func group(devices []any) (reps []any, groups [][]int) {
 	return reps, groups
 }
 
-// shapeKey appends the kinds of a plain device entry to buf.
+// shapeKey appends the kinds of a plain device entry to buf, or reports that
+// the entry is not plain.
 func shapeKey(buf []byte, e any) ([]byte, bool) {
 	m, ok := e.(map[string]any)
 	if !ok || len(m) != 1 {
@@ -125,8 +129,9 @@ func shapeKey(buf []byte, e any) ([]byte, bool) {
 		if !okKind || !okID {
 			return buf, false
 		}
+		buf = strconv.AppendInt(buf, int64(len(k)), 10) // length-prefixed: no kind can mimic two
+		buf = append(buf, ':')
 		buf = append(buf, k...)
-		buf = append(buf, 0)
 	}
 	return buf, true
 }
@@ -228,7 +233,7 @@ func (d *decoder) topLevel(v schemas.Violation) {
 		}
 	case *kind.AdditionalProperties:
 		for _, f := range k.Properties {
-			d.command = append(d.command, fmt.Sprintf("unknown field %q (a %s command has %s)",
+			d.command = append(d.command, fmt.Sprintf("unknown field %q (%s takes %s)",
 				f, d.action, strings.Join(d.action.Fields(), ", ")))
 		}
 	default:

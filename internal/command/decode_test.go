@@ -253,9 +253,9 @@ func TestACommandInvalidAsAWholeRejectsEveryDeviceWithItsReason(t *testing.T) {
 		{"a reasonCode of 1 character", command.Deactivate, `{"accountName":"a","reasonCode":"F","devices":[` + good1 + `,` + good2 + `]}`,
 			`reasonCode "F" must be 2 characters`},
 		{"an option the action does not take", command.Suspend, `{"accountName":"a","etfWaiver":true,"devices":[` + dev("iccid", iccid1) + `,` + dev("iccid", iccid2) + `]}`,
-			`unknown field "etfWaiver" (a suspend command has devices, accountName, servicePlan, commandId)`},
+			`unknown field "etfWaiver" (suspend takes devices, accountName, servicePlan, commandId)`},
 		{"a misspelt field", command.Enable, `{"accountName":"a","smsrOID":"` + smsr + `","devices":[` + good1 + `,` + good2 + `]}`,
-			`smsrOid is required for enable; unknown field "smsrOID" (a enable command has devices, accountName, smsrOid, commandId)`},
+			`smsrOid is required for enable; unknown field "smsrOID" (enable takes devices, accountName, smsrOid, commandId)`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -404,6 +404,19 @@ func TestDevicesOfOneShapeAreEachReportedUnderTheirOwnIndex(t *testing.T) {
 	require.Equal(t, "2022326361", c.Problems[1].Device.MDN)
 }
 
+func TestAKindCannotPassForTwoKindsOfAnotherDevice(t *testing.T) {
+	c := decode(t, command.Enable, enableBody(
+		dev("eid", eid1, "iccid", iccid1),
+		`{"deviceIds":[{"kind":"eid\u0000iccid","id":"`+eid2+`"}]}`,
+	))
+	require.Len(t, c.Devices, 1)
+	require.Equal(t, []command.Problem{{
+		Index: 1, Code: command.CodeMissingIdentifier,
+		Message: `devices[1] has no eid and no iccid (enable needs eid and iccid); ` +
+			`devices[1].deviceIds[0].kind "eid\x00iccid" is not an identifier kind (want eid or iccid)`,
+	}}, c.Problems)
+}
+
 func TestTheCommandIDAndOptionsAreRead(t *testing.T) {
 	c := decode(t, command.Deactivate, `{"commandId":"run-7","accountName":"0000123456-00001","servicePlan":"P","etfWaiver":true,"reasonCode":"FF","devices":[`+
 		dev("eid", eid1, "iccid", iccid1, "imei", imei1)+`]}`)
@@ -417,6 +430,11 @@ func TestTheCommandIDAndOptionsAreRead(t *testing.T) {
 func TestKindsAreReadInAnyCaseAndIdentifiersTrimmed(t *testing.T) {
 	c := decode(t, command.Enable, enableBody(dev("EID", " "+eid1+" ", "Iccid", iccid1)))
 	require.Equal(t, []command.Device{{Index: 0, IDs: device.Set{EID: eid1, ICCID: iccid1}}}, c.Devices)
+}
+
+func TestALeadingByteOrderMarkIsIgnored(t *testing.T) {
+	c := decode(t, command.Enable, "\xef\xbb\xbf"+enableBody(dev("eid", eid1, "iccid", iccid1)))
+	require.Len(t, c.Devices, 1)
 }
 
 func TestDecodeTakesTheActionInAnyCase(t *testing.T) {
