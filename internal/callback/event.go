@@ -137,7 +137,10 @@ func buildEvent(cb *thingspace.Callback, st status.Status, rec *correlation.Reco
 	if st == status.Failed {
 		ev.Reason = &status.Reason{Code: reasonNoFault, Message: "ThingSpace reported the action failed without a faultResponse"}
 		if f := cb.FaultResponse; f != nil && (f.FaultCode != "" || f.FaultString != "") {
-			ev.Reason = &status.Reason{Code: f.FaultCode, Message: f.FaultString}
+			ev.Reason = &status.Reason{Code: strings.TrimSpace(f.FaultCode), Message: f.FaultString}
+			if ev.Reason.Code == "" {
+				ev.Reason.Code = reasonNoFault
+			}
 		}
 	}
 	ev.Device = dev

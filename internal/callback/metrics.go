@@ -12,19 +12,19 @@ import (
 // metrics are what callback-ingest shows on /metrics, all prefixed
 // esim_ingest_.
 type metrics struct {
-	callbacks     *prometheus.CounterVec   // by HTTP answer code
+	callbacks     *prometheus.CounterVec // by HTTP answer code
 	callbackCodes map[int]prometheus.Counter
-	storeSeconds  prometheus.Histogram     // POST /callbacks: time to the PubAck
-	parseFailures prometheus.Counter       // unparseable callbacks (intake and fan-out)
-	events        *prometheus.CounterVec   // events stored, by status
-	duplicates    prometheus.Counter       // events the status stream already had
-	stale         prometheus.Counter       // pending events dropped: the request already settled
-	deadLetters   *prometheus.CounterVec   // by source: intake, fanout
-	retries       *prometheus.CounterVec   // fan-out redeliveries asked for, by reason
-	handled       *prometheus.CounterVec   // fan-out handler outcomes
-	handleSeconds prometheus.Histogram     // fan-out handler duration
-	lag           prometheus.Histogram     // receipt to event stored
-	uncorrelated  prometheus.Counter       // events published without a record
+	storeSeconds  prometheus.Histogram   // POST /callbacks: time to the PubAck
+	parseFailures prometheus.Counter     // unparseable callbacks (intake and fan-out)
+	events        *prometheus.CounterVec // events stored, by status
+	duplicates    prometheus.Counter     // events the status stream already had
+	stale         prometheus.Counter     // pending events dropped: the request already settled
+	deadLetters   *prometheus.CounterVec // by source: intake, fanout
+	retries       *prometheus.CounterVec // fan-out redeliveries asked for, by reason
+	handled       *prometheus.CounterVec // fan-out handler outcomes
+	handleSeconds prometheus.Histogram   // fan-out handler duration
+	lag           prometheus.Histogram   // receipt to event stored
+	uncorrelated  prometheus.Counter     // events published without a record
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
