@@ -246,6 +246,9 @@ func (s *Server) record(h http.HandlerFunc, faulty bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		c := &Call{At: s.now(), Method: r.Method, Path: r.URL.Path}
+		if seg, ok := strings.CutPrefix(r.URL.Path, thingspace.ActionPathPrefix); ok {
+			c.Action, _ = thingspace.ActionForPath(seg)
+		}
 		rec := &recorder{ResponseWriter: w}
 		r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, c))
 		defer func() {
