@@ -31,7 +31,7 @@ type simEnv struct {
 	token, session string
 }
 
-func newSim(t *testing.T, cfg simulator.Config) *simEnv {
+func newSim(t testing.TB, cfg simulator.Config) *simEnv {
 	t.Helper()
 	if cfg.Seed == 0 {
 		cfg.Seed = 7
@@ -65,7 +65,7 @@ func (a answer) errorCode() string {
 	return e
 }
 
-func (e *simEnv) send(t *testing.T, req *http.Request) answer {
+func (e *simEnv) send(t testing.TB, req *http.Request) answer {
 	t.Helper()
 	resp, err := http.DefaultClient.Do(req)
 	require.NoError(t, err)
@@ -77,7 +77,7 @@ func (e *simEnv) send(t *testing.T, req *http.Request) answer {
 	return a
 }
 
-func (e *simEnv) getToken(t *testing.T, id, secret string, form url.Values) answer {
+func (e *simEnv) getToken(t testing.TB, id, secret string, form url.Values) answer {
 	t.Helper()
 	req, err := http.NewRequest(http.MethodPost, e.url+thingspace.TokenPath, strings.NewReader(form.Encode()))
 	require.NoError(t, err)
@@ -89,7 +89,7 @@ func (e *simEnv) getToken(t *testing.T, id, secret string, form url.Values) answ
 }
 
 // login gets a token and a session with the demo credentials.
-func (e *simEnv) login(t *testing.T) {
+func (e *simEnv) login(t testing.TB) {
 	t.Helper()
 	a := e.getToken(t, simulator.DemoClientID, simulator.DemoClientSecret, url.Values{"grant_type": {"client_credentials"}})
 	require.Equal(t, http.StatusOK, a.status, a.raw)
@@ -102,7 +102,7 @@ func (e *simEnv) login(t *testing.T) {
 
 // call sends a business call with the env's tokens; hdr overrides headers
 // (an empty value removes one).
-func (e *simEnv) call(t *testing.T, method, path, body string, hdr map[string]string) answer {
+func (e *simEnv) call(t testing.TB, method, path, body string, hdr map[string]string) answer {
 	t.Helper()
 	var rd io.Reader
 	if body != "" {
@@ -127,7 +127,7 @@ func (e *simEnv) call(t *testing.T, method, path, body string, hdr map[string]st
 	return e.send(t, req)
 }
 
-func (e *simEnv) register(t *testing.T, l *listener, user, pass string) {
+func (e *simEnv) register(t testing.TB, l *listener, user, pass string) {
 	t.Helper()
 	b, err := json.Marshal(thingspace.CallbackRegistration{Name: thingspace.ServiceDeviceProfile, URL: l.srv.URL,
 		Username: user, Password: pass})
@@ -169,7 +169,7 @@ type listener struct {
 	respond func(n int64) int
 }
 
-func newListener(t *testing.T, respond func(n int64) int) *listener {
+func newListener(t testing.TB, respond func(n int64) int) *listener {
 	t.Helper()
 	l := &listener{got: make(chan received, 1000), respond: respond}
 	l.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -190,7 +190,7 @@ func newListener(t *testing.T, respond func(n int64) int) *listener {
 }
 
 // next waits for the next callback.
-func (l *listener) next(t *testing.T) received {
+func (l *listener) next(t testing.TB) received {
 	t.Helper()
 	select {
 	case r := <-l.got:
