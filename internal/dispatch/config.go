@@ -1,0 +1,196 @@
+package dispatch
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/esim-pipeline/thingspace-esim/internal/batch"
+	"github.com/esim-pipeline/thingspace-esim/internal/config"
+)
+
+// Config is everything the dispatcher reads at start.
+type Config struct {
+	NATS     config.NATS
+	LogLevel string
+
+	// ThingSpace.
+	BaseURL      string
+	ClientID     string
+	ClientSecret config.Secret
+	Username     string
+	Password     config.Secret
+	// HTTPTimeout bounds one ThingSpace call (default 30s).
+	HTTPTimeout time.Duration
+
+	// Rate is ThingSpace calls per second (default 1.5, just under the
+	// documented 100 a minute); Burst how many may go at once (default 1).
+	Rate  float64
+	Burst int
+
+	// BatchMaxDevices is the most devices in one call (default and cap
+	// 10,000); BatchMaxDevicesPerAction overrides it for one action.
+	BatchMaxDevices          int
+	BatchMaxDevicesPerAction map[string]int
+	// BatchMaxWait is how long a batch may wait to fill (default 1s).
+	BatchMaxWait time.Duration
+
+	MetricsAddr    string
+	StreamReplicas int
+
+	// CallbackURL, when set, is registered as each account's
+	// DeviceProfileService listener, with CallbackUsername/Password.
+	CallbackURL      string
+	CallbackUsername string
+	CallbackPassword config.Secret
+	// CallbackDeadline is how long an accepted device may wait for its
+	// final callback (default 30m).
+	CallbackDeadline time.Duration
+
+	// Consumer tuning.
+	// MaxAckPending bounds the commands held un-acked (default 3 full batches).
+	MaxAckPending int
+	// AckWait is the consumer's ack wait; held commands are kept alive with
+	// InProgress (default 2m).
+	AckWait time.Duration
+	// MaxDeliver bounds deliveries of one command; the last one that still
+	// cannot be submitted ends as `failed` events and a dead letter (default 10).
+	MaxDeliver int
+	// MaxAttempts bounds the tries of one call before its commands are
+	// handed back with a delay (default 6).
+	MaxAttempts int
+	// Checksums also checks Luhn and MOD 97-10 digits (default false).
+	Checksums bool
+
+	perAction map[string]*int // per-action batch sizes read by Declare
+}
+
+// Actions whose batch size can be set alone.
+var perActionBatch = []string{"enable", "disable", "delete", "deactivate", "suspend"}
+
+// Declare adds every setting to s with its variable, flag and default.
+func (c *Config) Declare(s *config.Set) {
+	config.DeclareNATS(s, &c.NATS)
+	config.DeclareLogLevel(s, &c.LogLevel)
+	s.String(&c.BaseURL, "thingspace-base-url", "THINGSPACE_BASE_URL", "https://thingspace.verizon.com", "ThingSpace base URL")
+	s.String(&c.ClientID, "thingspace-client-id", "THINGSPACE_CLIENT_ID", "", "OAuth2 client id")
+	s.Secret(&c.ClientSecret, "thingspace-client-secret", "THINGSPACE_CLIENT_SECRET", "OAuth2 client secret")
+	s.String(&c.Username, "thingspace-username", "THINGSPACE_USERNAME", "", "M2M session login user")
+	s.Secret(&c.Password, "thingspace-password", "THINGSPACE_PASSWORD", "M2M session login password")
+	s.Duration(&c.HTTPTimeout, "thingspace-timeout", "THINGSPACE_TIMEOUT", 30*time.Second, "timeout of one ThingSpace call")
+	s.Float(&c.Rate, "thingspace-rate", "THINGSPACE_RATE", 1.5, "ThingSpace calls per second (0 = unlimited)")
+	s.Int(&c.Burst, "thingspace-burst", "THINGSPACE_BURST", 1, "ThingSpace calls allowed at once above the rate")
+	s.Int(&c.BatchMaxDevices, "batch-max-devices", "BATCH_MAX_DEVICES", batch.MaxDevices, "most devices in one ThingSpace call (1..10000)")
+	c.perAction = map[string]*int{}
+	for _, a := range perActionBatch {
+		p := new(int)
+		s.Int(p, "batch-max-devices-"+a, "BATCH_MAX_DEVICES_"+strings.ToUpper(a), 0, "most devices in one "+a+" call (0 = BATCH_MAX_DEVICES)")
+		c.perAction[a] = p
+	}
+	s.Duration(&c.BatchMaxWait, "batch-max-wait", "BATCH_MAX_WAIT", time.Second, "how long a batch may wait to fill")
+	s.String(&c.MetricsAddr, "metrics-addr", "METRICS_ADDR", ":9090", "admin listener: /healthz, /readyz, /metrics")
+	s.Int(&c.StreamReplicas, "stream-replicas", "STREAM_REPLICAS", 1, "replicas of the streams and buckets created (3 on a cluster)")
+	s.String(&c.CallbackURL, "callback-url", "CALLBACK_URL", "", "URL registered as each account's DeviceProfileService callback listener")
+	s.String(&c.CallbackUsername, "callback-username", "CALLBACK_USERNAME", "", "user name registered with the callback URL")
+	s.Secret(&c.CallbackPassword, "callback-password", "CALLBACK_PASSWORD", "password registered with the callback URL")
+	s.Duration(&c.CallbackDeadline, "callback-deadline", "CALLBACK_DEADLINE", 30*time.Minute, "how long an accepted device may wait for its final callback")
+	s.Int(&c.MaxAckPending, "max-ack-pending", "MAX_ACK_PENDING", 0, "commands held un-acked at once (0 = 3 full batches)")
+	s.Duration(&c.AckWait, "ack-wait", "ACK_WAIT", 2*time.Minute, "consumer ack wait; held commands are kept alive")
+	s.Int(&c.MaxDeliver, "max-deliver", "MAX_DELIVER", 10, "deliveries of one command before it fails to the dead letters")
+	s.Int(&c.MaxAttempts, "max-attempts", "MAX_ATTEMPTS", 6, "tries of one ThingSpace call before its commands are handed back")
+	s.Bool(&c.Checksums, "check-digits", "CHECK_DIGITS", false, "also verify Luhn (ICCID, IMEI) and MOD 97-10 (EID) check digits")
+	s.Required("THINGSPACE_CLIENT_ID", "THINGSPACE_CLIENT_SECRET", "THINGSPACE_USERNAME", "THINGSPACE_PASSWORD")
+}
+
+// setDefaults fills what was left zero, for configs built in code.
+func (c *Config) setDefaults() {
+	if c.BatchMaxDevicesPerAction == nil {
+		c.BatchMaxDevicesPerAction = map[string]int{}
+	}
+	for a, p := range c.perAction {
+		if *p > 0 {
+			c.BatchMaxDevicesPerAction[a] = *p
+		}
+	}
+	if c.NATS.URL == "" {
+		c.NATS.URL = "nats://127.0.0.1:4222"
+	}
+	if c.HTTPTimeout <= 0 {
+		c.HTTPTimeout = 30 * time.Second
+	}
+	if c.Burst < 1 {
+		c.Burst = 1
+	}
+	if c.BatchMaxDevices <= 0 {
+		c.BatchMaxDevices = batch.MaxDevices
+	}
+	if c.BatchMaxWait <= 0 {
+		c.BatchMaxWait = time.Second
+	}
+	if c.StreamReplicas <= 0 {
+		c.StreamReplicas = 1
+	}
+	if c.CallbackDeadline <= 0 {
+		c.CallbackDeadline = 30 * time.Minute
+	}
+	if c.MaxAckPending <= 0 {
+		max := c.BatchMaxDevices
+		for _, n := range c.BatchMaxDevicesPerAction {
+			if n > max {
+				max = n
+			}
+		}
+		c.MaxAckPending = 3 * max
+	}
+	if c.AckWait <= 0 {
+		c.AckWait = 2 * time.Minute
+	}
+	if c.MaxDeliver <= 0 {
+		c.MaxDeliver = 10
+	}
+	if c.MaxAttempts <= 0 {
+		c.MaxAttempts = 6
+	}
+}
+
+// Validate reports a config the dispatcher cannot run with, naming the variable.
+func (c *Config) Validate() error {
+	c.setDefaults()
+	var errs []error
+	if c.ClientID == "" {
+		errs = append(errs, errors.New("THINGSPACE_CLIENT_ID is required"))
+	}
+	if c.ClientSecret.IsZero() {
+		errs = append(errs, errors.New("THINGSPACE_CLIENT_SECRET is required"))
+	}
+	if c.Username == "" {
+		errs = append(errs, errors.New("THINGSPACE_USERNAME is required"))
+	}
+	if c.Password.IsZero() {
+		errs = append(errs, errors.New("THINGSPACE_PASSWORD is required"))
+	}
+	if u, err := url.Parse(c.BaseURL); err != nil || u.Scheme == "" || u.Host == "" {
+		errs = append(errs, fmt.Errorf("THINGSPACE_BASE_URL: %q is not an absolute URL", c.BaseURL))
+	}
+	if c.Rate < 0 {
+		errs = append(errs, fmt.Errorf("THINGSPACE_RATE: %g is negative", c.Rate))
+	}
+	if c.CallbackURL != "" {
+		if u, err := url.Parse(c.CallbackURL); err != nil || u.Scheme == "" || u.Host == "" {
+			errs = append(errs, fmt.Errorf("CALLBACK_URL: %q is not an absolute URL", c.CallbackURL))
+		}
+	}
+	if err := c.batchConfig().Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.AckWait < 2*c.BatchMaxWait {
+		errs = append(errs, fmt.Errorf("ACK_WAIT: %s must be at least twice BATCH_MAX_WAIT (%s)", c.AckWait, c.BatchMaxWait))
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Config) batchConfig() batch.Config {
+	return batch.Config{MaxDevices: c.BatchMaxDevicesPerAction, Default: c.BatchMaxDevices, MaxWait: c.BatchMaxWait}
+}

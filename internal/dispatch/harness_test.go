@@ -1,0 +1,202 @@
+package dispatch_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+	"github.com/stretchr/testify/require"
+
+	"github.com/esim-pipeline/thingspace-esim/internal/broker"
+	"github.com/esim-pipeline/thingspace-esim/internal/config"
+	"github.com/esim-pipeline/thingspace-esim/internal/dispatch"
+	"github.com/esim-pipeline/thingspace-esim/internal/natstest"
+	"github.com/esim-pipeline/thingspace-esim/internal/simulator"
+	"github.com/esim-pipeline/thingspace-esim/internal/status"
+)
+
+// env is one embedded NATS server and one simulator, shared by the
+// dispatchers a test starts.
+type env struct {
+	t   *testing.T
+	ns  *natstest.Server
+	nc  *nats.Conn
+	js  jetstream.JetStream
+	sim *simulator.Server
+	url string
+
+	mu     sync.Mutex
+	events []status.Event
+}
+
+func newEnv(t *testing.T, faults simulator.Faults) *env {
+	t.Helper()
+	ns := natstest.Run(t)
+	nc, js := ns.JetStream()
+	if faults.RatePerMinute == 0 {
+		faults.RatePerMinute = -1
+	}
+	sim, err := simulator.New(simulator.Config{Faults: faults, Seed: 7, Logger: zerolog.Nop()})
+	require.NoError(t, err)
+	sim.Start()
+	hs := httptest.NewServer(sim.Handler())
+	t.Cleanup(func() { hs.Close(); sim.Close() })
+	e := &env{t: t, ns: ns, nc: nc, js: js, sim: sim, url: hs.URL}
+	return e
+}
+
+func (e *env) config(mut func(*dispatch.Config)) dispatch.Config {
+	cfg := dispatch.Config{
+		NATS:         config.NATS{URL: e.ns.URL()},
+		BaseURL:      e.url,
+		ClientID:     simulator.DemoClientID,
+		ClientSecret: config.NewSecret(simulator.DemoClientSecret),
+		Username:     simulator.DemoUsername,
+		Password:     config.NewSecret(simulator.DemoPassword),
+		Rate:         0, // unlimited unless a test says otherwise
+		BatchMaxWait: 50 * time.Millisecond,
+		MetricsAddr:  "127.0.0.1:0",
+		AckWait:      10 * time.Second,
+	}
+	if mut != nil {
+		mut(&cfg)
+	}
+	return cfg
+}
+
+// start runs a dispatcher until the returned stop is called; stop waits for
+// Run to return and hands back its error.
+func (e *env) start(cfg dispatch.Config) (stop func() error) {
+	e.t.Helper()
+	started := make(chan struct{})
+	svc, err := dispatch.New(cfg, zerolog.New(zerolog.NewTestWriter(e.t)).Level(zerolog.WarnLevel),
+		dispatch.WithStarted(func(string) { close(started) }))
+	require.NoError(e.t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(ctx) }()
+	select {
+	case <-started:
+	case err := <-done:
+		e.t.Fatalf("dispatcher ended before it was ready: %v", err)
+	case <-time.After(30 * time.Second):
+		e.t.Fatal("dispatcher not ready")
+	}
+	var once sync.Once
+	var runErr error
+	stop = func() error {
+		once.Do(func() { cancel(); runErr = <-done })
+		return runErr
+	}
+	e.t.Cleanup(func() { _ = stop() })
+	return stop
+}
+
+// watch collects every status event from now on.
+func (e *env) watch() {
+	e.t.Helper()
+	ctx := context.Background()
+	require.NoError(e.t, broker.Ensure(ctx, e.js, broker.StreamSettings{}))
+	cons, err := e.js.OrderedConsumer(ctx, broker.StatusStream, jetstream.OrderedConsumerConfig{})
+	require.NoError(e.t, err)
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		var ev status.Event
+		if err := json.Unmarshal(m.Data(), &ev); err != nil {
+			e.t.Errorf("undecodable event: %v", err)
+			return
+		}
+		e.mu.Lock()
+		e.events = append(e.events, ev)
+		e.mu.Unlock()
+	})
+	require.NoError(e.t, err)
+	e.t.Cleanup(cc.Stop)
+}
+
+func (e *env) snapshot() []status.Event {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]status.Event(nil), e.events...)
+}
+
+// count counts events with status st.
+func (e *env) count(st status.Status) int {
+	n := 0
+	for _, ev := range e.snapshot() {
+		if ev.Status == st {
+			n++
+		}
+	}
+	return n
+}
+
+// waitCount waits until n events of st exist.
+func (e *env) waitCount(st status.Status, n int, within time.Duration) {
+	e.t.Helper()
+	require.Eventually(e.t, func() bool { return e.count(st) >= n }, within, 20*time.Millisecond,
+		"want %d %s events", n, st)
+}
+
+// publish sends a command body on the action's subject, with an optional
+// Nats-Msg-Id.
+func (e *env) publish(action string, body any, msgID string) {
+	e.t.Helper()
+	b, ok := body.([]byte)
+	if !ok {
+		var err error
+		b, err = json.Marshal(body)
+		require.NoError(e.t, err)
+	}
+	m := nats.NewMsg("thingspace.profile.commands." + action)
+	m.Data = b
+	if msgID != "" {
+		m.Header.Set(nats.MsgIdHdr, msgID)
+	}
+	_, err := e.js.PublishMsg(context.Background(), m)
+	require.NoError(e.t, err)
+}
+
+// pending counts commands in the command stream not yet acknowledged.
+func (e *env) unacked() int {
+	e.t.Helper()
+	c, err := e.js.Consumer(context.Background(), broker.CommandStream, broker.DispatcherConsumer)
+	require.NoError(e.t, err)
+	info, err := c.Info(context.Background())
+	require.NoError(e.t, err)
+	return int(info.NumPending) + info.NumAckPending
+}
+
+func iccid(n int) string { return fmt.Sprintf("8914800000%010d", n) }
+func eid(n int) string   { return fmt.Sprintf("8904903200%022d", n) }
+
+type devID struct {
+	Kind string `json:"kind"`
+	ID   string `json:"id"`
+}
+
+type cmdBody struct {
+	CommandID   string `json:"commandId,omitempty"`
+	AccountName string `json:"accountName"`
+	SmsrOid     string `json:"smsrOid,omitempty"`
+	Devices     []struct {
+		DeviceIDs []devID `json:"deviceIds"`
+	} `json:"devices"`
+}
+
+// enableBody is an enable/disable/delete command for devices numbered ns.
+func enableBody(id string, ns ...int) cmdBody {
+	b := cmdBody{CommandID: id, AccountName: "0000123456-00001", SmsrOid: "1.3.6.1.4.1.31746.1.500.200.101.5"}
+	for _, n := range ns {
+		b.Devices = append(b.Devices, struct {
+			DeviceIDs []devID `json:"deviceIds"`
+		}{DeviceIDs: []devID{{"eid", eid(n)}, {"iccid", iccid(n)}}})
+	}
+	return b
+}

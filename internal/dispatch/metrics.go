@@ -1,0 +1,68 @@
+package dispatch
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	commands       *prometheus.CounterVec   // result
+	devices        *prometheus.CounterVec   // status
+	batches        *prometheus.CounterVec   // action
+	batchFull      prometheus.Counter       //
+	batchSize      prometheus.Histogram     //
+	calls          *prometheus.CounterVec   // endpoint, code
+	callSeconds    *prometheus.HistogramVec // endpoint
+	retries        prometheus.Counter
+	throttled      prometheus.Counter
+	deadLetters    prometheus.Counter
+	held           prometheus.Gauge
+	pending        prometheus.Gauge
+	duplicateCalls prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		commands: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "esim_dispatcher_commands_total", Help: "Command messages taken in, by result (acked, deadlettered, handed_back).",
+		}, []string{"result"}),
+		devices: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "esim_dispatcher_devices_total", Help: "Devices settled by the dispatcher, by status event (accepted, rejected, failed).",
+		}, []string{"status"}),
+		batches: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "esim_dispatcher_batches_total", Help: "ThingSpace bulk calls that got a requestId, by action.",
+		}, []string{"action"}),
+		batchFull: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "esim_dispatcher_batches_full_total", Help: "Batches that left full.",
+		}),
+		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "esim_dispatcher_batch_devices", Help: "Devices per ThingSpace call.",
+			Buckets: []float64{1, 10, 100, 500, 1000, 2500, 5000, 7500, 10000},
+		}),
+		calls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "esim_dispatcher_thingspace_calls_total", Help: "ThingSpace calls by endpoint and answer class (2xx, 400, 429, 5xx, error...).",
+		}, []string{"endpoint", "code"}),
+		callSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "esim_dispatcher_thingspace_call_seconds", Help: "ThingSpace call latency.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
+		}, []string{"endpoint"}),
+		retries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "esim_dispatcher_retries_total", Help: "ThingSpace calls tried again after a retryable error.",
+		}),
+		throttled: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "esim_dispatcher_throttled_total", Help: "429 answers from ThingSpace.",
+		}),
+		deadLetters: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "esim_dispatcher_deadletters_total", Help: "Commands sent to the dead-letter subject.",
+		}),
+		held: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "esim_dispatcher_commands_held", Help: "Commands taken in and not yet acknowledged.",
+		}),
+		pending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "esim_dispatcher_consumer_pending", Help: "Commands in the stream not yet delivered to the dispatchers (consumer lag).",
+		}),
+		duplicateCalls: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "esim_dispatcher_redelivered_commands_total", Help: "Commands delivered more than once (possible double submissions).",
+		}),
+	}
+	reg.MustRegister(m.commands, m.devices, m.batches, m.batchFull, m.batchSize, m.calls, m.callSeconds,
+		m.retries, m.throttled, m.deadLetters, m.held, m.pending, m.duplicateCalls)
+	return m
+}
