@@ -155,8 +155,43 @@ func New(cfg Config) (*Client, error) {
 			AuthStyle:    oauth2.AuthStyleInHeader,
 		},
 	}
-	c.ts = c.cc.TokenSource(c.oauthCtx)
+	c.ts = c.newTokenSource()
 	return c, nil
+}
+
+// newTokenSource caches API tokens with oauth2.ReuseTokenSource over
+// clientcredentials; every fetch honours the login back-off.
+func (c *Client) newTokenSource() oauth2.TokenSource {
+	return oauth2.ReuseTokenSource(nil, tokenFetcher{c})
+}
+
+// tokenFetcher gets a new API token, unless a login failed within
+// LoginBackoff. The ReuseTokenSource above it serializes fetches, so a burst
+// of callers after a failure gets one fetch, then refusals.
+type tokenFetcher struct{ c *Client }
+
+func (f tokenFetcher) Token() (*oauth2.Token, error) {
+	if err := f.c.refused(); err != nil {
+		return nil, err
+	}
+	tok, err := f.c.cc.Token(f.c.oauthCtx)
+	if err != nil {
+		return nil, f.c.failed("getting an API token", f.c.oauthError(err))
+	}
+	return tok, nil
+}
+
+// refused returns an error while logins are refused after a failed one.
+func (c *Client) refused() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.failedAt.IsZero() {
+		return nil
+	}
+	if wait := c.cfg.LoginBackoff - time.Since(c.failedAt); wait > 0 {
+		return &loginError{what: "refused after a failed login", cause: c.lastErr, wait: wait}
+	}
+	return nil
 }
 
 // ProfileAction submits a profile action ("enable", "disable", "delete",
@@ -319,7 +354,7 @@ func (c *Client) token() (string, error) {
 	c.mu.Unlock()
 	tok, err := ts.Token()
 	if err != nil {
-		return "", c.failed("getting an API token", c.oauthError(err))
+		return "", err
 	}
 	return tok.AccessToken, nil
 }
@@ -346,32 +381,28 @@ func (c *Client) renew(ctx context.Context, gen uint64, newToken bool) (creds, e
 		}
 		return creds{token: tok, session: sess, gen: g}, nil
 	}
-	if !c.failedAt.IsZero() {
-		if wait := c.cfg.LoginBackoff - time.Since(c.failedAt); wait > 0 {
-			err := &loginError{what: "refused after a failed login", cause: c.lastErr, wait: wait}
-			c.mu.Unlock()
-			return creds{}, err
-		}
-	}
 	if newToken {
-		c.ts = c.cc.TokenSource(c.oauthCtx)
+		c.ts = c.newTokenSource()
 	}
 	ts := c.ts
 	c.mu.Unlock()
+	if err := c.refused(); err != nil {
+		return creds{}, err
+	}
 
 	tok, err := ts.Token()
 	if err != nil {
-		return creds{}, c.failed("getting an API token", c.oauthError(err))
+		return creds{}, err
 	}
 	sess, err := c.login(ctx, tok.AccessToken)
 	if err != nil && errors.Is(err, ErrTokenInvalid) && !newToken {
 		// The cached token was refused at login: one fresh token, one more try.
 		c.mu.Lock()
-		c.ts = c.cc.TokenSource(c.oauthCtx)
+		c.ts = c.newTokenSource()
 		ts = c.ts
 		c.mu.Unlock()
 		if tok, err = ts.Token(); err != nil {
-			return creds{}, c.failed("getting an API token", c.oauthError(err))
+			return creds{}, err
 		}
 		sess, err = c.login(ctx, tok.AccessToken)
 	}

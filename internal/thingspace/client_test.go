@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -477,4 +478,79 @@ func TestNew_validates_its_config(t *testing.T) {
 	}
 	_, err := thingspace.New(thingspace.Config{ClientID: "c", ClientSecret: "s", Username: "u", Password: "p"})
 	require.NoError(t, err, "defaults fill the rest")
+}
+
+func TestClient_concurrent_callers_after_a_bad_credential_cause_one_attempt(t *testing.T) {
+	cases := []struct {
+		name  string
+		tweak func(*thingspace.Config)
+		count func(simulator.Stats) int64
+	}{
+		{"wrong_password", func(c *thingspace.Config) { c.Password = "wrong" }, func(s simulator.Stats) int64 { return s.LoginFailures }},
+		{"wrong_client_secret", func(c *thingspace.Config) { c.ClientSecret = "wrong" }, func(s simulator.Stats) int64 { return s.TokenFailures }},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, simulator.Config{}, tc.tweak)
+			const n = 20
+			var wg sync.WaitGroup
+			errs := make(chan error, n)
+			for range n {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					_, err := e.client.Enable(context.Background(), enableRequest())
+					errs <- err
+				}()
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				require.ErrorIs(t, err, thingspace.ErrLoginFailed)
+			}
+			assert.EqualValues(t, 1, tc.count(e.sim.Stats()), "one attempt reached ThingSpace")
+		})
+	}
+}
+
+func TestClient_failing_token_refresh_is_not_repeated_by_concurrent_callers(t *testing.T) {
+	// A 1s lifetime is within oauth2's expiry margin: every call refreshes.
+	sim, err := simulator.New(simulator.Config{Seed: 1, TokenLifetime: time.Second, Faults: simulator.Faults{RatePerMinute: -1}})
+	require.NoError(t, err)
+	var broken atomic.Bool
+	var tokenCalls atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == thingspace.TokenPath && broken.Load() {
+			tokenCalls.Add(1)
+			http.Error(w, `{"error":"temporarily_unavailable"}`, http.StatusServiceUnavailable)
+			return
+		}
+		sim.Handler().ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	c, err := thingspace.New(thingspace.Config{BaseURL: srv.URL, ClientID: simulator.DemoClientID,
+		ClientSecret: simulator.DemoClientSecret, Username: simulator.DemoUsername, Password: simulator.DemoPassword})
+	require.NoError(t, err)
+	_, err = c.Enable(context.Background(), enableRequest())
+	require.NoError(t, err)
+
+	broken.Store(true)
+	const n = 20
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := c.Enable(context.Background(), enableRequest())
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.ErrorIs(t, err, thingspace.ErrLoginFailed)
+		assert.True(t, thingspace.Retryable(err), "a 503 from the token endpoint is transient: %v", err)
+	}
+	assert.EqualValues(t, 1, tokenCalls.Load(), "one failed refresh, then refusals")
 }
