@@ -402,7 +402,7 @@ func TestDockerfile(t *testing.T) {
 	}
 	require.NotEmpty(t, user, "the final stage sets USER")
 	uid := strings.Split(user, ":")[0]
-	require.NotContains(t, []string{"root", "0"}, uid, "USER %s is not root", user)
+	require.NotContains(t, []string{"root", "0"}, uid, "the final stage must not run as root (USER %s)", user)
 	require.ElementsMatch(t, []string{"dispatcher", "callback-ingest", "thingspace-sim", "healthcheck"}, copied)
 }
 
