@@ -71,6 +71,7 @@ func declare(set *config.Set, s *settings) {
 	set.Int(&c.MaxDevices, "max-devices", "SIM_MAX_DEVICES", 10000, "most devices per request (more: 400 INPUT_INVALID.MaxRequestsExceeded)")
 	set.String(&s.rejectDevices, "reject-devices", "SIM_REJECT_DEVICES", "", "comma-separated identifier values refused with 400 INPUT_INVALID.Device.Identifier.Invalid")
 	set.Int(&c.DeliveryWorkers, "delivery-workers", "SIM_DELIVERY_WORKERS", 64, "concurrent callback senders (keep-alive connections)")
+	set.Duration(&c.RequestRetention, "request-retention", "SIM_REQUEST_RETENTION", time.Hour, "how long each request's device outcomes stay available to the request status endpoint")
 	set.Int(&c.HistoryLimit, "history-limit", "SIM_HISTORY_LIMIT", 10000, "calls and deliveries kept for GET /sim/calls and /sim/deliveries")
 	set.Int(&s.seed, "seed", "SIM_SEED", 0, "seed for the random draws (0: from the clock)")
 	set.Duration(&s.shutdownGrace, "shutdown-grace", "SIM_SHUTDOWN_GRACE", 5*time.Second, "how long in-flight calls may take to finish at shutdown")

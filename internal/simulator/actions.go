@@ -26,6 +26,7 @@ const (
 
 // request is the simulator's record of one accepted action call.
 type request struct {
+	created              time.Time
 	id, action, account  string
 	smsrOid, servicePlan string
 	mu                   sync.Mutex // guards devices[].status
@@ -123,12 +124,14 @@ func (s *Server) handleAction(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rq := &request{
-		id: uuid.NewString(), action: action, account: req.AccountName,
+		created: s.now(),
+		id:      uuid.NewString(), action: action, account: req.AccountName,
 		smsrOid: req.SmsrOid, servicePlan: req.ServicePlan, devices: devs,
 	}
 	s.decide(rq)
 	s.rmu.Lock()
 	s.requests[rq.id] = rq
+	s.pruneLocked(rq.created)
 	s.rmu.Unlock()
 	c.RequestID = rq.id
 	s.count.actionAccepted.Add(1)
@@ -288,4 +291,18 @@ func (rq *request) status() thingspace.RequestStatus {
 		out.Status = StatusSuccess
 	}
 	return out
+}
+
+// pruneLocked forgets requests older than RequestRetention, at most once a
+// second. s.rmu is held.
+func (s *Server) pruneLocked(now time.Time) {
+	if now.Sub(s.pruned) < time.Second {
+		return
+	}
+	s.pruned = now
+	for id, rq := range s.requests {
+		if now.Sub(rq.created) > s.cfg.RequestRetention {
+			delete(s.requests, id)
+		}
+	}
 }

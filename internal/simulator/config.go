@@ -159,6 +159,10 @@ type Config struct {
 	MaxDevices int
 	// DeliveryWorkers is the number of concurrent callback senders. Default 64.
 	DeliveryWorkers int
+	// RequestRetention is how long the record of an accepted request is kept
+	// for the status endpoint (and an unknown requestId answered after).
+	// Default 1h.
+	RequestRetention time.Duration
 	// HistoryLimit is how many calls and deliveries are kept for inspection
 	// (the oldest go first; counters are never trimmed). Default 10000.
 	HistoryLimit int
@@ -196,6 +200,7 @@ func (c *Config) setDefaults() {
 	dur(&c.SessionIdle, 20*time.Minute)
 	dur(&c.ResendInterval, 5*time.Minute)
 	dur(&c.CallbackTimeout, 30*time.Second)
+	dur(&c.RequestRetention, time.Hour)
 	num := func(p *int, v int) {
 		if *p == 0 {
 			*p = v
@@ -230,6 +235,7 @@ func (c Config) Validate() error {
 	}{
 		{"TokenLifetime", c.TokenLifetime}, {"SessionIdle", c.SessionIdle},
 		{"ResendInterval", c.ResendInterval}, {"CallbackTimeout", c.CallbackTimeout},
+		{"RequestRetention", c.RequestRetention},
 	} {
 		if d.v <= 0 {
 			return fmt.Errorf("simulator: %s %s must be positive", d.name, d.v)

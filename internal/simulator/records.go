@@ -61,7 +61,7 @@ type Stats struct {
 	Logins         int64 `json:"logins"`         // successful session logins
 	LoginFailures  int64 `json:"loginFailures"`  // refused logins
 	Logouts        int64 `json:"logouts"`        //
-	ActionCalls    int64 `json:"actionCalls"`    // profile action calls received
+	ActionCalls    int64 `json:"actionCalls"`    // profile action calls past fault injection
 	ActionAccepted int64 `json:"actionAccepted"` // answered with a requestId
 	DevicesAccept  int64 `json:"devicesAccepted"`
 

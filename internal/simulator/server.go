@@ -56,6 +56,7 @@ type Server struct {
 
 	rmu      sync.Mutex
 	requests map[string]*request
+	pruned   time.Time
 
 	calls      *ring[Call]
 	deliveries *ring[Delivery]
@@ -96,7 +97,7 @@ func (s *Server) Handler() http.Handler { return s.mux }
 // accepted before Start; their callbacks wait for it.
 func (s *Server) Start() { s.sched.start() }
 
-// Close stops delivery: callbacks in flight finish, the rest are dropped.
+// Close stops delivery: callbacks in flight are aborted, the rest dropped.
 func (s *Server) Close() { s.sched.close() }
 
 // SetFaults replaces the run-time faults (RatePerMinute 0 means the default).
@@ -550,7 +551,6 @@ func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleLogout(w http.ResponseWriter, r *http.Request) {
-	c := callOf(r)
 	if r.Method != http.MethodPost {
 		s.handleUnknown(w, r)
 		return
@@ -562,7 +562,6 @@ func (s *Server) handleLogout(w http.ResponseWriter, r *http.Request) {
 	delete(s.sessions, r.Header.Get(thingspace.HeaderSession))
 	s.amu.Unlock()
 	s.count.logouts.Add(1)
-	_ = c
 	writeJSON(w, http.StatusOK, map[string]string{"sessionToken": ""})
 }
 

@@ -609,3 +609,18 @@ func (c *fakeClock) Add(d time.Duration) {
 	defer c.mu.Unlock()
 	c.t = c.t.Add(d)
 }
+
+func TestStatus_records_are_forgotten_after_the_retention(t *testing.T) {
+	clock := &fakeClock{t: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)}
+	e := newSim(t, simulator.Config{Now: clock.Now, RequestRetention: time.Hour, TokenLifetime: 48 * time.Hour, SessionIdle: 48 * time.Hour})
+	e.login(t)
+	a := e.call(t, http.MethodPost, thingspace.ActionPathPrefix+"enable", enableBody(), nil)
+	require.Equal(t, http.StatusOK, a.status)
+	old := "/api/m2m/v2/accounts/" + account + "/requests/" + a.body["requestId"].(string) + "/status"
+	clock.Add(30 * time.Minute)
+	require.Equal(t, http.StatusOK, e.call(t, http.MethodPost, thingspace.ActionPathPrefix+"enable", enableBody(), nil).status)
+	assert.Equal(t, http.StatusOK, e.call(t, http.MethodGet, old, "", nil).status, "kept within the retention")
+	clock.Add(31 * time.Minute)
+	require.Equal(t, http.StatusOK, e.call(t, http.MethodPost, thingspace.ActionPathPrefix+"enable", enableBody(), nil).status)
+	assert.Equal(t, http.StatusBadRequest, e.call(t, http.MethodGet, old, "", nil).status, "forgotten after it")
+}
