@@ -7,7 +7,6 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -165,7 +164,6 @@ type listener struct {
 	srv     *httptest.Server
 	got     chan received
 	n       atomic.Int64
-	mu      sync.Mutex
 	respond func(n int64) int
 }
 
