@@ -715,3 +715,56 @@ func equalLabels(a, b map[string]string) bool {
 	}
 	return true
 }
+
+// ---------------------------------------------------------------- Helm
+
+func TestHelmNATSValues(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("helm", "nats-values.yaml"))
+	require.NoError(t, err)
+	var v struct {
+		Config struct {
+			Cluster struct {
+				Enabled  bool `json:"enabled"`
+				Replicas int  `json:"replicas"`
+			} `json:"cluster"`
+			JetStream struct {
+				Enabled   bool `json:"enabled"`
+				FileStore struct {
+					Enabled bool   `json:"enabled"`
+					Dir     string `json:"dir"`
+					PVC     struct {
+						Enabled bool   `json:"enabled"`
+						Size    string `json:"size"`
+					} `json:"pvc"`
+				} `json:"fileStore"`
+				MemoryStore struct {
+					Enabled bool `json:"enabled"`
+				} `json:"memoryStore"`
+				Merge map[string]any `json:"merge"`
+			} `json:"jetstream"`
+			Monitor struct {
+				Enabled bool `json:"enabled"`
+				Port    int  `json:"port"`
+			} `json:"monitor"`
+			Merge map[string]any `json:"merge"`
+		} `json:"config"`
+	}
+	require.NoError(t, yaml.UnmarshalStrict(b, &v))
+	c := v.Config
+	require.True(t, c.Cluster.Enabled)
+	require.Equal(t, 3, c.Cluster.Replicas)
+	require.True(t, c.JetStream.Enabled)
+	require.True(t, c.JetStream.FileStore.Enabled)
+	require.True(t, c.JetStream.FileStore.PVC.Enabled, "JetStream data on a PVC")
+	require.NotEmpty(t, c.JetStream.FileStore.PVC.Size)
+	require.Equal(t, "always", c.JetStream.Merge["sync_interval"])
+	require.EqualValues(t, 2<<20, c.Merge["max_payload"])
+
+	// The ConfigMap's NATS_URL names the chart's three pods.
+	m := loadManifests(t)
+	urls := natsURLs(t, m.configMaps["thingspace-esim"].Data["NATS_URL"])
+	require.Len(t, urls, c.Cluster.Replicas)
+	for i, u := range urls {
+		require.Equal(t, fmt.Sprintf("nats-%d.nats-headless.nats.svc.cluster.local:4222", i), u)
+	}
+}
