@@ -1,9 +1,9 @@
 # Tools are pinned and run with `go run pkg@version`, so nothing needs a manual install.
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
-NATS        := go run github.com/nats-io/natscli/nats@v0.5.0
+NATS_CLI    := github.com/nats-io/natscli/nats@v0.5.0
 GO_TEST_FLAGS ?= -race -count=1 -timeout 20m
 
-.PHONY: all build test test-short lint vet staticcheck bench dev fmt tidy clean
+.PHONY: all build test test-short lint vet staticcheck archtest bench dev nats up down fmt tidy clean
 
 all: build
 
@@ -17,7 +17,11 @@ test: lint
 test-short:
 	go test -short -count=1 ./...
 
-lint: vet staticcheck
+lint: vet staticcheck archtest
+
+## archtest: the import direction of the layers (models, adapters, application, cmd).
+archtest:
+	go test -count=1 ./internal/archtest
 
 vet:
 	go vet ./...
@@ -30,6 +34,16 @@ bench:
 
 dev:
 	go run ./cmd/devstack
+
+## nats: the pinned NATS CLI as bin/nats.
+nats:
+	GOBIN=$(CURDIR)/bin go install $(NATS_CLI)
+
+up:
+	docker compose up --build -d
+
+down:
+	docker compose down
 
 fmt:
 	gofmt -s -w .
