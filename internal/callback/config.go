@@ -43,9 +43,9 @@ type Config struct {
 	// dispatcher to write it, before its event goes out without commandId
 	// (default 15s).
 	CorrelationGrace time.Duration
-	// RetryDelay is FANOUT_RETRY_DELAY: the redelivery delay of a callback
-	// whose event could not be made yet (record pending, NATS trouble)
-	// (default 1s).
+	// RetryDelay is FANOUT_RETRY_DELAY: the first redelivery delay of a
+	// callback whose event could not be made yet (record pending, NATS
+	// trouble); later ones grow by as much, up to five times it (default 1s).
 	RetryDelay time.Duration
 	// Workers is FANOUT_WORKERS: callbacks turned into events at once
 	// (default 16).

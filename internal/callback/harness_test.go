@@ -36,7 +36,7 @@ const (
 
 // stack is callback-ingest running in-process against an embedded NATS.
 type stack struct {
-	t      *testing.T
+	t      testing.TB
 	ns     *natstest.Server
 	nc     *nats.Conn
 	js     jetstream.JetStream
@@ -49,13 +49,13 @@ type stack struct {
 }
 
 // startStack runs the service with test settings changed by mutate.
-func startStack(t *testing.T, mutate func(*callback.Config)) *stack {
+func startStack(t testing.TB, mutate func(*callback.Config)) *stack {
 	t.Helper()
 	ns := natstest.Run(t)
 	return startOn(t, ns, mutate)
 }
 
-func startOn(t *testing.T, ns *natstest.Server, mutate func(*callback.Config)) *stack {
+func startOn(t testing.TB, ns *natstest.Server, mutate func(*callback.Config)) *stack {
 	t.Helper()
 	cfg := callback.Config{
 		NATS:             config.NATS{URL: ns.URL()},
@@ -249,7 +249,7 @@ func (s *stack) streamCount(stream, subject string) int {
 }
 
 // seed reads a callback example copied from shared/seeds.
-func seed(t *testing.T, name string) []byte {
+func seed(t testing.TB, name string) []byte {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join("testdata", "seed_"+name+".json"))
 	require.NoError(t, err)

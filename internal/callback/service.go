@@ -275,7 +275,7 @@ func (s *service) start(ctx context.Context) (nc, fanConn *nats.Conn, router *me
 		FilterSubject: broker.CallbackSubject,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       s.cfg.StoreTimeout*3 + 15*time.Second,
+		AckWait:       s.cfg.StoreTimeout*3 + 5*time.Second, // above the longest handler run
 		MaxDeliver:    -1,
 		MaxAckPending: s.cfg.MaxAckPending,
 		Replicas:      s.cfg.StreamReplicas,
@@ -304,7 +304,7 @@ func (s *service) start(ctx context.Context) (nc, fanConn *nats.Conn, router *me
 		Logger:              quietLogger{LoggerAdapter: wlog, infoToDebug: true},
 		AckWaitTimeout:      consumerCfg.AckWait - 5*time.Second,
 		ResourceInitializer: existingConsumer(consumer),
-		NakDelay:            wmjs.NewStaticDelay(s.cfg.RetryDelay),
+		NakDelay:            backoff{step: s.cfg.RetryDelay},
 		ConsumeOptions:      []jetstream.PullConsumeOpt{jetstream.PullMaxMessages(prefetch(s.cfg))},
 		AckAsync:            true, // a lost ack means a redelivery, which the eventId absorbs
 		Unmarshaler:         Unmarshaler{},

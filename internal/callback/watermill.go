@@ -140,3 +140,14 @@ func existingConsumer(c jetstream.Consumer) wmjs.ResourceInitializer {
 		return c, nil, nil
 	}
 }
+
+// backoff is the redelivery delay of a handed-back callback: the retry
+// delay times the deliveries so far, at most five times it. Callbacks
+// waiting for their record (10,000 may share one) come back ever less often
+// instead of every retry delay.
+type backoff struct{ step time.Duration }
+
+func (b backoff) WaitTime(delivered uint64) time.Duration {
+	n := min(max(delivered, 1), 5)
+	return b.step * time.Duration(n)
+}
