@@ -186,6 +186,18 @@ func (b *Batcher) Take(force bool) *Batch {
 	return g
 }
 
+// Peek returns the key of the batch Take would return, and false when
+// there is none ready.
+func (b *Batcher) Peek() (Key, bool) {
+	switch {
+	case len(b.sealed) > 0:
+		return b.sealed[0].Key, true
+	case len(b.order) > 0 && b.Ready():
+		return b.order[0].Key, true
+	}
+	return Key{}, false
+}
+
 // Drain removes and returns every batch, sealed first.
 func (b *Batcher) Drain() []*Batch {
 	var out []*Batch

@@ -29,6 +29,12 @@ type Config struct {
 	// documented 100 a minute); Burst how many may go at once (default 1).
 	Rate  float64
 	Burst int
+	// RateScope is what Rate counts: every call of the fleet together
+	// ("fleet", the default) or each account's calls ("account").
+	RateScope string
+	// RateShared keeps the budget in NATS for the whole fleet of
+	// dispatchers (default true); false keeps it in this process.
+	RateShared bool
 
 	// BatchMaxDevices is the most devices in one call (default and cap
 	// 10,000); BatchMaxDevicesPerAction overrides it for one action.
@@ -53,8 +59,12 @@ type Config struct {
 	// MaxAckPending bounds the commands held un-acked (default 3 full batches).
 	MaxAckPending int
 	// AckWait is the consumer's ack wait; held commands are kept alive with
-	// InProgress (default 2m).
+	// InProgress (default 30s).
 	AckWait time.Duration
+	// PinnedTTL is how long the active dispatcher may be silent before a
+	// standby takes over (default AckWait + 10s, so that the commands the
+	// silent one held are redelivered, in order, before newer ones).
+	PinnedTTL time.Duration
 	// MaxDeliver bounds deliveries of one command; the last one that still
 	// cannot be submitted ends as `failed` events and a dead letter (default 10).
 	MaxDeliver int
@@ -66,6 +76,12 @@ type Config struct {
 
 	perAction map[string]*int // per-action batch sizes read by Declare
 }
+
+// Rate scopes.
+const (
+	RateScopeFleet   = "fleet"
+	RateScopeAccount = "account"
+)
 
 // Actions whose batch size can be set alone.
 var perActionBatch = []string{"enable", "disable", "delete", "deactivate", "suspend"}
@@ -82,6 +98,8 @@ func (c *Config) Declare(s *config.Set) {
 	s.Duration(&c.HTTPTimeout, "thingspace-timeout", "THINGSPACE_TIMEOUT", 30*time.Second, "timeout of one ThingSpace call")
 	s.Float(&c.Rate, "thingspace-rate", "THINGSPACE_RATE", 1.5, "ThingSpace calls per second (0 = unlimited)")
 	s.Int(&c.Burst, "thingspace-burst", "THINGSPACE_BURST", 1, "ThingSpace calls allowed at once above the rate")
+	s.String(&c.RateScope, "thingspace-rate-scope", "THINGSPACE_RATE_SCOPE", RateScopeFleet, "what THINGSPACE_RATE counts: fleet (all calls) or account (each account's calls)")
+	s.Bool(&c.RateShared, "thingspace-rate-shared", "THINGSPACE_RATE_SHARED", true, "share THINGSPACE_RATE across every dispatcher through NATS (false: per process)")
 	s.Int(&c.BatchMaxDevices, "batch-max-devices", "BATCH_MAX_DEVICES", batch.MaxDevices, "most devices in one ThingSpace call (1..10000)")
 	c.perAction = map[string]*int{}
 	for _, a := range perActionBatch {
@@ -97,7 +115,8 @@ func (c *Config) Declare(s *config.Set) {
 	s.Secret(&c.CallbackPassword, "callback-password", "CALLBACK_PASSWORD", "password registered with the callback URL")
 	s.Duration(&c.CallbackDeadline, "callback-deadline", "CALLBACK_DEADLINE", 30*time.Minute, "how long an accepted device may wait for its final callback")
 	s.Int(&c.MaxAckPending, "max-ack-pending", "MAX_ACK_PENDING", 0, "commands held un-acked at once (0 = 3 full batches)")
-	s.Duration(&c.AckWait, "ack-wait", "ACK_WAIT", 2*time.Minute, "consumer ack wait; held commands are kept alive")
+	s.Duration(&c.AckWait, "ack-wait", "ACK_WAIT", 30*time.Second, "consumer ack wait; held commands are kept alive")
+	s.Duration(&c.PinnedTTL, "pinned-ttl", "PINNED_TTL", 0, "how long the active dispatcher may be silent before a standby takes over (0 = ACK_WAIT + 10s)")
 	s.Int(&c.MaxDeliver, "max-deliver", "MAX_DELIVER", 10, "deliveries of one command before it fails to the dead letters")
 	s.Int(&c.MaxAttempts, "max-attempts", "MAX_ATTEMPTS", 6, "tries of one ThingSpace call before its commands are handed back")
 	s.Bool(&c.Checksums, "check-digits", "CHECK_DIGITS", false, "also verify Luhn (ICCID, IMEI) and MOD 97-10 (EID) check digits")
@@ -145,7 +164,10 @@ func (c *Config) setDefaults() {
 		c.MaxAckPending = 3 * max
 	}
 	if c.AckWait <= 0 {
-		c.AckWait = 2 * time.Minute
+		c.AckWait = 30 * time.Second
+	}
+	if c.PinnedTTL <= 0 {
+		c.PinnedTTL = c.AckWait + 10*time.Second
 	}
 	if c.MaxDeliver <= 0 {
 		c.MaxDeliver = 10
@@ -173,6 +195,12 @@ func (c *Config) Validate() error {
 	}
 	if u, err := url.Parse(c.BaseURL); err != nil || u.Scheme == "" || u.Host == "" {
 		errs = append(errs, fmt.Errorf("THINGSPACE_BASE_URL: %q is not an absolute URL", c.BaseURL))
+	}
+	if c.RateScope == "" {
+		c.RateScope = RateScopeFleet
+	}
+	if c.RateScope != RateScopeFleet && c.RateScope != RateScopeAccount {
+		errs = append(errs, fmt.Errorf("THINGSPACE_RATE_SCOPE: %q is neither fleet nor account", c.RateScope))
 	}
 	if c.Rate < 0 {
 		errs = append(errs, fmt.Errorf("THINGSPACE_RATE: %g is negative", c.Rate))

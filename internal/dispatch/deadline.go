@@ -114,7 +114,7 @@ func (s *Service) reconcile(ctx context.Context, msg jetstream.Msg) {
 	_ = msg.InProgress()
 	outcome := map[string]status.Status{}
 	if rs, ok := s.ts.(RequestStatuser); ok {
-		if err := s.limiter.Wait(ctx); err != nil {
+		if err := s.limiter.Wait(ctx, s.scope(d.Account)); err != nil {
 			_ = msg.Nak()
 			return
 		}

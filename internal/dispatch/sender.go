@@ -28,7 +28,13 @@ func (s *Service) sendLoop(stop, work context.Context) {
 		if !s.awaitReady(stop) {
 			return
 		}
-		if err := s.limiter.Wait(stop); err != nil {
+		s.mu.Lock()
+		next, ok := s.batcher.Peek()
+		s.mu.Unlock()
+		if !ok {
+			continue
+		}
+		if err := s.limiter.Wait(stop, s.scope(next.Account)); err != nil {
 			return
 		}
 		s.mu.Lock()
@@ -153,7 +159,7 @@ func (s *Service) call(stop, work context.Context, k batch.Key, opts command.Opt
 	bo.MaxInterval = 30 * time.Second
 	for attempt := 1; ; attempt++ {
 		if !haveToken {
-			if err := s.limiter.Wait(ctx); err != nil {
+			if err := s.limiter.Wait(ctx, s.scope(k.Account)); err != nil {
 				return "", err
 			}
 		}
@@ -166,7 +172,7 @@ func (s *Service) call(stop, work context.Context, k batch.Key, opts command.Opt
 		s.m.callSeconds.WithLabelValues(k.Action).Observe(time.Since(start).Seconds())
 		s.m.calls.WithLabelValues(k.Action, statusCode(err)).Inc()
 		if err == nil {
-			s.limiter.Succeeded()
+			s.limiter.Succeeded(s.scope(k.Account))
 			s.m.batches.WithLabelValues(k.Action).Inc()
 			s.m.batchSize.Observe(float64(len(devs)))
 			return reqID, nil
@@ -181,7 +187,7 @@ func (s *Service) call(stop, work context.Context, k batch.Key, opts command.Opt
 			if !ok {
 				d = wait
 			}
-			s.limiter.Throttled(d)
+			s.limiter.Throttled(s.scope(k.Account), d)
 			wait = 0 // the limiter holds the next call back
 		} else if d, ok := thingspace.RetryAfter(err); ok {
 			wait = d

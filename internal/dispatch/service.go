@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
@@ -86,7 +88,7 @@ func New(cfg Config, log zerolog.Logger, opts ...Option) (*Service, error) {
 		s.reg = observability.NewRegistry()
 	}
 	s.m = newMetrics(s.reg)
-	if s.limiter == nil {
+	if s.limiter == nil && !cfg.RateShared {
 		s.limiter = ratelimit.NewLocal(cfg.Rate, cfg.Burst)
 	}
 	if s.ts == nil {
@@ -140,6 +142,22 @@ func (s *Service) Run(ctx context.Context) error {
 		}
 		return err
 	}
+	if s.limiter == nil {
+		fleet, err := ratelimit.NewFleet(ctx, js, ratelimit.FleetConfig{
+			PerSecond: s.cfg.Rate,
+			Burst:     s.cfg.Burst,
+			Member:    memberName(),
+			Replicas:  s.cfg.StreamReplicas,
+			Log:       s.log.With().Str(observability.FieldComponent, "ratelimit").Logger(),
+		})
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		s.limiter = fleet
+	}
 	s.ready.SetReady()
 	s.log.Info().Str("admin_addr", admin.Addr()).Msg("dispatcher ready")
 	if s.started != nil {
@@ -166,6 +184,7 @@ func (s *Service) Run(ctx context.Context) error {
 	defer watch.Stop()
 
 	cc, err := cons.Consume(func(msg jetstream.Msg) { s.intake(ctx, msg) },
+		jetstream.PullPriorityGroup(PriorityGroup),
 		jetstream.PullMaxMessages(min(1000, s.cfg.MaxAckPending)),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 			if !errors.Is(err, jetstream.ErrNoHeartbeat) {
@@ -188,11 +207,34 @@ func (s *Service) Run(ctx context.Context) error {
 	stopSend()
 	stopKeep()
 	s.handBackAll()
+	// Let a standby take over now rather than after the pin's TTL.
+	uctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	if st, err := s.js.Stream(uctx, broker.CommandStream); err == nil {
+		_ = st.UnpinConsumer(uctx, broker.DispatcherConsumer, PriorityGroup)
+	}
+	cancel()
 	if err := nc.Drain(); err != nil {
 		s.log.Warn().Err(err).Msg("drain")
 	}
 	s.log.Info().Msg("dispatcher stopped")
 	return nil
+}
+
+// PriorityGroup is the dispatcher consumer's pinned priority group.
+const PriorityGroup = "dispatch"
+
+// memberName names this process in the rate-limit fleet.
+func memberName() string {
+	host, _ := os.Hostname()
+	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), nuid.Next()[:8])
+}
+
+// scope is the rate budget a call for account draws on.
+func (s *Service) scope(account string) string {
+	if s.cfg.RateScope == RateScopeAccount {
+		return "account." + account
+	}
+	return "fleet"
 }
 
 // Handler is the admin mux, for tests that want to read /metrics without a listener.
@@ -220,6 +262,12 @@ func (s *Service) setup(ctx context.Context) (jetstream.Consumer, error) {
 			FilterSubject: broker.CommandSubjects,
 			DeliverPolicy: jetstream.DeliverAllPolicy,
 			Replicas:      s.cfg.StreamReplicas,
+			// One dispatcher is active at a time, the others wait: one
+			// sender keeps one device's actions in publish order, and
+			// ThingSpace's rate, not this process, is the bottleneck.
+			PriorityPolicy: jetstream.PriorityPolicyPinned,
+			PriorityGroups: []string{PriorityGroup},
+			PinnedTTL:      s.cfg.PinnedTTL,
 		})
 		cons = c
 		return err
