@@ -106,9 +106,9 @@ func TestEachSeedCallbackBecomesOneEventWithoutCredentials(t *testing.T) {
 			code, answer := s.post(body, user, pass)
 			require.Equal(t, http.StatusOK, code, answer)
 
-			got := s.waitEvents(cb.RequestID, 1)
+			s.waitEvents(cb.RequestID, 1)
 			s.settle()
-			got = s.eventsOf(cb.RequestID)
+			got := s.eventsOf(cb.RequestID)
 			require.Len(t, got, 1, "one callback, one event")
 			e := got[0]
 			ev := e.Event
@@ -186,9 +186,9 @@ func TestWarningThenSuccessGivesPendingThenSucceeded(t *testing.T) {
 	assert.NoError(t, schemas.Validate(eventSchema, first[0].Raw))
 
 	s.postOK(callbackBody(cbOpts{requestID: "req-warn", iccid: iccid, status: "Success", count: 2}))
-	got := s.waitEvents("req-warn", 2)
+	s.waitEvents("req-warn", 2)
 	s.settle()
-	got = s.eventsOf("req-warn")
+	got := s.eventsOf("req-warn")
 	require.Len(t, got, 2)
 	assert.Equal(t, status.Pending, got[0].Event.Status)
 	assert.Equal(t, status.Succeeded, got[1].Event.Status)

@@ -8,7 +8,6 @@ import (
 	"math"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -49,11 +48,9 @@ type FleetConfig struct {
 type Fleet struct {
 	cfg     FleetConfig
 	kv      jetstream.KeyValue
-	local   *Local
+	local   atomic.Pointer[Local] // the fallback: PerSecond / members
 	members atomic.Int64
 	now     func() time.Time
-	mu      sync.Mutex
-	seenAt  map[string]time.Time
 }
 
 // state is one scope's bucket, as stored.
@@ -89,7 +86,8 @@ func NewFleet(ctx context.Context, js jetstream.JetStream, cfg FleetConfig) (*Fl
 	if err != nil {
 		return nil, fmt.Errorf("bucket %s: %w", Bucket, err)
 	}
-	f := &Fleet{cfg: cfg, kv: kv, local: NewLocal(cfg.PerSecond, 1), now: time.Now, seenAt: map[string]time.Time{}}
+	f := &Fleet{cfg: cfg, kv: kv, now: time.Now}
+	f.local.Store(NewLocal(cfg.PerSecond, 1))
 	f.members.Store(1)
 	f.beat(ctx)
 	go f.heartbeat(ctx)
@@ -156,7 +154,7 @@ func (f *Fleet) beat(ctx context.Context) {
 	}
 	if alive != f.members.Load() {
 		f.members.Store(alive)
-		f.local = NewLocal(f.cfg.PerSecond/float64(alive), 1)
+		f.local.Store(NewLocal(f.cfg.PerSecond/float64(alive), 1))
 		f.cfg.Log.Info().Int64("members", alive).Msg("rate limit fleet changed")
 	}
 }
@@ -181,7 +179,7 @@ func (f *Fleet) Wait(ctx context.Context, scope string) error {
 			}
 			// NATS is slow or away: the local share never exceeds the budget.
 			f.cfg.Log.Debug().Err(err).Msg("rate limit: using the local share")
-			return f.local.Wait(ctx, scope)
+			return f.local.Load().Wait(ctx, scope)
 		}
 		if wait == 0 {
 			return nil
@@ -264,7 +262,7 @@ func isConflict(err error) bool {
 // halves (down to a sixteenth).
 func (f *Fleet) Throttled(scope string, retryAfter time.Duration) {
 	retryAfter = clampPause(retryAfter)
-	f.local.Throttled(scope, retryAfter)
+	f.local.Load().Throttled(scope, retryAfter)
 	f.update(scope, func(st *state) {
 		if u := f.now().Add(retryAfter).UnixNano(); u > st.Until {
 			st.Until = u
@@ -275,7 +273,7 @@ func (f *Fleet) Throttled(scope string, retryAfter time.Duration) {
 
 // Succeeded implements Limiter: the fleet earns back a tenth of its rate.
 func (f *Fleet) Succeeded(scope string) {
-	f.local.Succeeded(scope)
+	f.local.Load().Succeeded(scope)
 	f.update(scope, func(st *state) {
 		if st.Factor < 1 {
 			st.Factor = math.Min(1, st.Factor+0.1)
