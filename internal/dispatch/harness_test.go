@@ -75,6 +75,13 @@ func (e *env) config(mut func(*dispatch.Config)) dispatch.Config {
 // Run to return and hands back its error.
 func (e *env) start(cfg dispatch.Config) (stop func() error) {
 	e.t.Helper()
+	stop, _ = e.startService(cfg)
+	return stop
+}
+
+// startService is start, also handing back the service.
+func (e *env) startService(cfg dispatch.Config) (stop func() error, svc *dispatch.Service) {
+	e.t.Helper()
 	started := make(chan struct{})
 	svc, err := dispatch.New(cfg, zerolog.New(zerolog.NewTestWriter(e.t)).Level(zerolog.WarnLevel),
 		dispatch.WithStarted(func(string) { close(started) }))
@@ -96,7 +103,7 @@ func (e *env) start(cfg dispatch.Config) (stop func() error) {
 		return runErr
 	}
 	e.t.Cleanup(func() { _ = stop() })
-	return stop
+	return stop, svc
 }
 
 // watch collects every status event from now on.

@@ -92,13 +92,25 @@ func (s *Service) accept(ctx context.Context, msg jetstream.Msg, meta *jetstream
 		s.m.devices.WithLabelValues(string(status.Rejected)).Add(float64(len(evs)))
 		s.settle(ctx, p, len(evs))
 	}
-	if len(cmd.Devices) == 0 {
+	devices := cmd.Devices
+	if meta.NumDelivered > 1 {
+		// A redelivery: devices an earlier delivery already carried to
+		// ThingSpace have this command's event as their latest; they are
+		// not sent twice.
+		var done int
+		devices, done = s.notYetDone(ctx, id, p.action, devices)
+		if done > 0 {
+			s.log.Info().Str(observability.FieldCommandID, id).Int("already_done", done).Msg("redelivered command: devices already submitted are skipped")
+			s.settle(ctx, p, done)
+		}
+	}
+	if len(devices) == 0 {
 		return
 	}
 	key := batch.Key{Action: p.action, Account: cmd.AccountName, Options: cmd.Options.Key()}
 	s.mu.Lock()
 	s.options[key] = cmd.Options
-	for _, d := range cmd.Devices {
+	for _, d := range devices {
 		s.batcher.Add(key, batch.Item{Device: d.IDs, Ref: p})
 	}
 	s.mu.Unlock()
@@ -106,6 +118,30 @@ func (s *Service) accept(ctx context.Context, msg jetstream.Msg, meta *jetstream
 	case s.wake <- struct{}{}:
 	default:
 	}
+}
+
+// notYetDone returns the devices whose latest status event is not one of
+// command id's, and how many were left out. When the status stream cannot
+// be read, every device is returned: sending twice beats not sending.
+func (s *Service) notYetDone(ctx context.Context, id, action string, devices []command.Device) ([]command.Device, int) {
+	stream, err := s.js.Stream(ctx, broker.StatusStream)
+	if err != nil {
+		return devices, 0
+	}
+	out := devices[:0:0]
+	for _, d := range devices {
+		m, err := stream.GetLastMsgForSubject(ctx, status.Subject(action, d.IDs))
+		if err == nil {
+			var last struct {
+				CommandID string `json:"commandId"`
+			}
+			if json.Unmarshal(m.Data, &last) == nil && last.CommandID == id {
+				continue
+			}
+		}
+		out = append(out, d)
+	}
+	return out, len(devices) - len(out)
 }
 
 // publish stores events on their status subjects, each with its eventId as

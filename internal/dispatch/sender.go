@@ -174,6 +174,7 @@ func (s *Service) call(stop, work context.Context, k batch.Key, opts command.Opt
 		if err == nil {
 			s.limiter.Succeeded(s.scope(k.Account))
 			s.m.batches.WithLabelValues(k.Action).Inc()
+			s.batches.Add(1)
 			s.m.batchSize.Observe(float64(len(devs)))
 			return reqID, nil
 		}

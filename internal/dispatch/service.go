@@ -68,7 +68,17 @@ type Service struct {
 	wake    chan struct{}
 
 	registered map[string]bool // accounts whose callback URL is registered
+	batches    atomic.Int64    // calls that got a requestId
 }
+
+// Stats are running counts of one dispatcher.
+type Stats struct {
+	// Batches is the number of ThingSpace calls that got a requestId.
+	Batches int64
+}
+
+// Stats reports what this dispatcher has done so far.
+func (s *Service) Stats() Stats { return Stats{Batches: s.batches.Load()} }
 
 // New checks cfg and builds a dispatcher; Run starts it.
 func New(cfg Config, log zerolog.Logger, opts ...Option) (*Service, error) {
@@ -357,10 +367,34 @@ func (s *Service) settle(ctx context.Context, p *pending, n int) {
 		s.m.commands.WithLabelValues("deadlettered").Inc()
 		return
 	}
-	if err := p.msg.Ack(); err != nil {
-		s.log.Warn().Err(err).Str(observability.FieldCommandID, p.id).Msg("ack")
-	}
+	s.ack(p)
 	s.m.commands.WithLabelValues("acked").Inc()
+}
+
+// ack acknowledges p. An ack that cannot leave (NATS reconnecting) is sent
+// again, and confirmed, once the connection is back: a lost ack means a
+// redelivery, and a redelivery a second look at ThingSpace.
+func (s *Service) ack(p *pending) {
+	if err := p.msg.Ack(); err == nil {
+		return
+	}
+	go func() {
+		wait := 100 * time.Millisecond
+		deadline := time.Now().Add(s.cfg.AckWait)
+		for time.Now().Before(deadline) {
+			time.Sleep(wait)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			err := p.msg.DoubleAck(ctx)
+			cancel()
+			if err == nil || errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
+				return
+			}
+			if wait < time.Second {
+				wait *= 2
+			}
+		}
+		s.log.Warn().Str(observability.FieldCommandID, p.id).Msg("ack not confirmed; the command will be redelivered and checked")
+	}()
 }
 
 // handBack returns p to the stream for a later delivery.

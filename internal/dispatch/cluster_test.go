@@ -1,0 +1,133 @@
+package dispatch_test
+
+import (
+	"context"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/stretchr/testify/require"
+
+	"github.com/esim-pipeline/thingspace-esim/internal/broker"
+	"github.com/esim-pipeline/thingspace-esim/internal/dispatch"
+	"github.com/esim-pipeline/thingspace-esim/internal/natstest"
+	"github.com/esim-pipeline/thingspace-esim/internal/simulator"
+	"github.com/esim-pipeline/thingspace-esim/internal/status"
+)
+
+// TestAFleetOnAClusterBehavesAsOne runs three dispatchers against a
+// three-node JetStream cluster with R3 streams: the fleet keeps the shared
+// rate in every second, every command is accepted once, one device's
+// actions keep their order, and stopping one NATS node and the active
+// dispatcher mid-run loses nothing.
+func TestAFleetOnAClusterBehavesAsOne(t *testing.T) {
+	if testing.Short() {
+		t.Skip("three-node cluster")
+	}
+	cluster := natstest.RunCluster(t, 3)
+	sim, err := simulator.New(simulator.Config{Faults: simulator.Faults{RatePerMinute: -1}, Seed: 3, Logger: zerolog.Nop(), HistoryLimit: 100000})
+	require.NoError(t, err)
+	sim.Start()
+	hs := httptest.NewServer(sim.Handler())
+	t.Cleanup(func() { hs.Close(); sim.Close() })
+
+	// The watcher and the producer talk to the third node, which stays up.
+	e := &env{t: t, ns: cluster.Servers[2], sim: sim, url: hs.URL}
+	e.nc, e.js = cluster.Servers[2].JetStream()
+	ctx := context.Background()
+	require.NoError(t, broker.Ensure(ctx, e.js, broker.StreamSettings{Replicas: 3}))
+	e.watch()
+
+	const rate = 10
+	cfg := e.config(func(c *dispatch.Config) {
+		c.NATS.URL = cluster.URL()
+		c.StreamReplicas = 3
+		c.Rate = rate
+		c.RateShared = true
+		c.BatchMaxDevices = 50
+		c.BatchMaxWait = 100 * time.Millisecond
+		c.AckWait = 5 * time.Second
+		c.PinnedTTL = 6 * time.Second
+	})
+	var stops []func() error
+	var svcs []*dispatch.Service
+	for range 3 {
+		stop, svc := e.startService(cfg)
+		stops = append(stops, stop)
+		svcs = append(svcs, svc)
+	}
+
+	const singles, ordered = 2000, 100
+	steps := []string{"disable", "enable", "disable"}
+	for i := range singles {
+		e.publish("enable", enableBody("single-"+strconv.Itoa(i), 1000+i), "")
+	}
+	for si, action := range steps {
+		for d := range ordered {
+			e.publish(action, enableBody("ordered-"+strconv.Itoa(si)+"-"+strconv.Itoa(d), d), "")
+		}
+	}
+	total := singles + ordered*len(steps)
+
+	e.waitCount(status.Accepted, total/4, 60*time.Second)
+	// Mid-run: one NATS node and the active dispatcher go away.
+	cluster.Servers[0].Shutdown()
+	active := -1
+	for i, svc := range svcs {
+		if svc.Stats().Batches > 0 {
+			active = i
+		}
+	}
+	require.NotEqual(t, -1, active, "one dispatcher is active")
+	require.NoError(t, stops[active]())
+
+	e.waitCount(status.Accepted, total, 3*time.Minute)
+
+	accepted := map[string]int{}
+	for _, ev := range e.snapshot() {
+		if ev.Status == status.Accepted {
+			accepted[ev.CommandID]++
+		}
+	}
+	require.Len(t, accepted, total, "every command accepted")
+	for id, n := range accepted {
+		require.Equal(t, 1, n, "command %s accepted once", id)
+	}
+
+	perSecond := map[int64]int{}
+	seen := map[string][]string{}
+	for _, c := range sim.Calls() {
+		if !strings.Contains(c.Path, "/profile/actions/") {
+			continue
+		}
+		perSecond[c.At.Unix()]++
+		if c.Status != 200 {
+			continue
+		}
+		for _, ids := range c.Devices {
+			for _, id := range ids {
+				if id.Kind == "iccid" {
+					seen[id.ID] = append(seen[id.ID], c.Action)
+				}
+			}
+		}
+	}
+	for sec, n := range perSecond {
+		require.LessOrEqual(t, n, rate+1, "second %d: %d calls for a fleet budget of %d/s", sec, n, rate)
+	}
+	twice := 0
+	for d := range ordered {
+		got := seen[iccid(d)]
+		require.Equal(t, steps, got, "device %d keeps its order", d)
+	}
+	for i := range singles {
+		if len(seen[iccid(1000+i)]) > 1 {
+			twice++
+		}
+	}
+	t.Logf("fleet of 3 on 3 nodes: %d commands, %d calls, %d devices sent twice after the stops", total, len(sim.Calls()), twice)
+	require.LessOrEqual(t, twice, cfg.BatchMaxDevices, "at most the batch in flight at a stop is sent again")
+}
