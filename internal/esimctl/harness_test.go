@@ -1,0 +1,241 @@
+package esimctl_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/csv"
+	"fmt"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+	"github.com/stretchr/testify/require"
+
+	"github.com/esim-pipeline/thingspace-esim/internal/broker"
+	"github.com/esim-pipeline/thingspace-esim/internal/callback"
+	"github.com/esim-pipeline/thingspace-esim/internal/config"
+	"github.com/esim-pipeline/thingspace-esim/internal/dispatch"
+	"github.com/esim-pipeline/thingspace-esim/internal/esimctl"
+	"github.com/esim-pipeline/thingspace-esim/internal/natstest"
+	"github.com/esim-pipeline/thingspace-esim/internal/simulator"
+)
+
+const (
+	account = "0000123456-00001"
+	smsrOid = "1.3.6.1.4.1.31746.1.500.200.101.5"
+)
+
+// stack is the whole pipeline in-process: embedded NATS, the simulator over
+// real HTTP, the real callback-ingest and the real dispatcher, the
+// dispatcher's callback URL registered at the ingest.
+type stack struct {
+	t   *testing.T
+	ns  *natstest.Server
+	nc  *nats.Conn
+	js  jetstream.JetStream
+	sim *simulator.Server
+	dir string
+}
+
+// natsOnly is embedded NATS with the pipeline's streams and no services:
+// enough to see that nothing gets published.
+func natsOnly(t *testing.T) *stack {
+	t.Helper()
+	ns := natstest.Run(t)
+	nc, js := ns.JetStream()
+	require.NoError(t, broker.Ensure(context.Background(), js, broker.StreamSettings{}))
+	return &stack{t: t, ns: ns, nc: nc, js: js, dir: t.TempDir()}
+}
+
+func newStack(t *testing.T) *stack {
+	t.Helper()
+	s := natsOnly(t)
+	sim, err := simulator.New(simulator.Config{Faults: simulator.Faults{RatePerMinute: -1}, Seed: 7, Logger: zerolog.Nop()})
+	require.NoError(t, err)
+	sim.Start()
+	hs := httptest.NewServer(sim.Handler())
+	t.Cleanup(func() { hs.Close(); sim.Close() })
+	s.sim = sim
+
+	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+
+	ready := make(chan callback.Addrs, 1)
+	ingestDone := make(chan error, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		ingestDone <- callback.Run(ctx, callback.Config{
+			NATS: config.NATS{URL: s.ns.URL()}, ListenAddr: "127.0.0.1:0", MetricsAddr: "127.0.0.1:0",
+			CorrelationGrace: 30 * time.Second, RetryDelay: 50 * time.Millisecond, Workers: 8,
+			StoreTimeout: 5 * time.Second, ShutdownGrace: 5 * time.Second,
+		}, log, callback.OnReady(func(a callback.Addrs) { ready <- a }))
+	}()
+	var addrs callback.Addrs
+	select {
+	case addrs = <-ready:
+	case err := <-ingestDone:
+		t.Fatalf("callback-ingest stopped at start: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("callback-ingest not ready within 30s")
+	}
+
+	started := make(chan struct{})
+	svc, err := dispatch.New(dispatch.Config{
+		NATS:         config.NATS{URL: s.ns.URL()},
+		BaseURL:      hs.URL,
+		ClientID:     simulator.DemoClientID,
+		ClientSecret: config.NewSecret(simulator.DemoClientSecret),
+		Username:     simulator.DemoUsername,
+		Password:     config.NewSecret(simulator.DemoPassword),
+		Rate:         0, // unlimited
+		BatchMaxWait: 50 * time.Millisecond,
+		MetricsAddr:  "127.0.0.1:0",
+		AckWait:      10 * time.Second,
+		CallbackURL:  "http://" + addrs.Callback + "/callbacks",
+	}, log, dispatch.WithStarted(func(string) { close(started) }))
+	require.NoError(t, err)
+	dispDone := make(chan error, 1)
+	wg.Add(1)
+	go func() { defer wg.Done(); dispDone <- svc.Run(ctx) }()
+	select {
+	case <-started:
+	case err := <-dispDone:
+		t.Fatalf("dispatcher stopped at start: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("dispatcher not ready within 30s")
+	}
+	return s
+}
+
+// syncBuffer is a buffer safe for the CLI's writers and the test's reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// result is one esimctl invocation.
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+// runID is the id of the `run <id>` line, which must be stderr's first.
+func (r result) runID(t *testing.T) string {
+	t.Helper()
+	first, _, _ := strings.Cut(r.stderr, "\n")
+	id, ok := strings.CutPrefix(first, "run ")
+	require.True(t, ok, "stderr starts with the run id, got:\n%s", r.stderr)
+	require.Len(t, id, 16)
+	return id
+}
+
+func (s *stack) env(key string) string {
+	switch key {
+	case "NATS_URL":
+		return s.ns.URL()
+	case "HOME":
+		return s.dir
+	}
+	return ""
+}
+
+// esimctl runs the CLI in-process, as main would, until it returns.
+func (s *stack) esimctl(ctx context.Context, args ...string) result {
+	s.t.Helper()
+	var out, errOut syncBuffer
+	code := esimctl.Run(ctx, args, s.env, &out, &errOut)
+	return result{code: code, stdout: out.String(), stderr: errOut.String()}
+}
+
+// start runs the CLI in the background; wait returns its result.
+func (s *stack) start(ctx context.Context, args ...string) (stderr *syncBuffer, wait func(within time.Duration) result) {
+	var out syncBuffer
+	stderr = &syncBuffer{}
+	done := make(chan int, 1)
+	go func() { done <- esimctl.Run(ctx, args, s.env, &out, stderr) }()
+	return stderr, func(within time.Duration) result {
+		s.t.Helper()
+		select {
+		case code := <-done:
+			return result{code: code, stdout: out.String(), stderr: stderr.String()}
+		case <-time.After(within):
+			s.t.Fatalf("esimctl did not return within %s; stderr:\n%s", within, stderr.String())
+			return result{}
+		}
+	}
+}
+
+func iccid(n int) string { return fmt.Sprintf("8914800000%010d", n) }
+func eid(n int) string   { return fmt.Sprintf("8904903200%022d", n) }
+
+// writeCSV writes rows (header first) to a file in the stack's folder.
+func (s *stack) writeCSV(name string, rows [][]string) string {
+	s.t.Helper()
+	var b bytes.Buffer
+	w := csv.NewWriter(&b)
+	require.NoError(s.t, w.WriteAll(rows))
+	path := filepath.Join(s.dir, name)
+	require.NoError(s.t, os.WriteFile(path, b.Bytes(), 0o644))
+	return path
+}
+
+// readCSV reads a results file.
+func readCSV(t *testing.T, path string) [][]string {
+	t.Helper()
+	f, err := os.Open(path)
+	require.NoError(t, err)
+	defer f.Close()
+	rows, err := csv.NewReader(f).ReadAll()
+	require.NoError(t, err)
+	return rows
+}
+
+// commandsStored counts messages in the command stream.
+func (s *stack) commandsStored() uint64 {
+	s.t.Helper()
+	st, err := s.js.Stream(context.Background(), broker.CommandStream)
+	require.NoError(s.t, err)
+	info, err := st.Info(context.Background())
+	require.NoError(s.t, err)
+	return info.State.Msgs
+}
+
+// commandsSeen counts every command message published from now on, as a
+// core subscriber sees them (duplicates the stream drops included).
+func (s *stack) commandsSeen() func() int {
+	s.t.Helper()
+	var mu sync.Mutex
+	n := 0
+	sub, err := s.nc.Subscribe("thingspace.profile.commands.>", func(*nats.Msg) { mu.Lock(); n++; mu.Unlock() })
+	require.NoError(s.t, err)
+	require.NoError(s.t, s.nc.Flush())
+	s.t.Cleanup(func() { _ = sub.Unsubscribe() })
+	return func() int {
+		require.NoError(s.t, s.nc.Flush())
+		mu.Lock()
+		defer mu.Unlock()
+		return n
+	}
+}
