@@ -1,0 +1,183 @@
+package callback
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"github.com/esim-pipeline/thingspace-esim/internal/broker"
+	"github.com/esim-pipeline/thingspace-esim/internal/correlation"
+	"github.com/esim-pipeline/thingspace-esim/internal/status"
+	"github.com/esim-pipeline/thingspace-esim/internal/thingspace"
+)
+
+// ReplayOptions choose the stored callbacks a replay re-runs.
+type ReplayOptions struct {
+	// Since replays callbacks stored at or after this time; zero means all.
+	Since time.Time
+	// FromSeq replays from this stream sequence instead, when not zero.
+	FromSeq uint64
+	// DryRun counts what would be published and publishes nothing.
+	DryRun bool
+}
+
+// ReplayStats say what a replay did.
+type ReplayStats struct {
+	Callbacks   int // raw callbacks read
+	Published   int // new events stored
+	Existing    int // events the status stream already had (same eventId)
+	Unparseable int // callbacks the parser still refuses (left alone)
+}
+
+// Replay re-runs the fan-out over the raw callbacks kept in the callback
+// stream, after a parser fix say, without duplicates: an event whose eventId
+// is already on its subject in the status stream is not published again,
+// however old it is (the stream's duplicate window covers only 20 minutes).
+// It reads the stream up to its last message at the start and returns.
+func Replay(ctx context.Context, js jetstream.JetStream, opts ReplayOptions, log zerolog.Logger) (ReplayStats, error) {
+	var st ReplayStats
+	raw, err := js.Stream(ctx, broker.CallbackStream)
+	if err != nil {
+		return st, fmt.Errorf("stream %s: %w", broker.CallbackStream, err)
+	}
+	info, err := raw.Info(ctx)
+	if err != nil {
+		return st, err
+	}
+	last := info.State.LastSeq
+	statusStream, err := js.Stream(ctx, broker.StatusStream)
+	if err != nil {
+		return st, fmt.Errorf("stream %s: %w", broker.StatusStream, err)
+	}
+	store, err := correlation.Open(ctx, js)
+	if err != nil {
+		return st, err
+	}
+	f := &fanout{
+		js:      js,
+		status:  statusStream,
+		records: newRecords(store, 1024, time.Second),
+		timeout: 10 * time.Second,
+		now:     time.Now,
+		m:       newMetrics(prometheus.NewRegistry()),
+		log:     log,
+	}
+	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{broker.CallbackSubject}}
+	switch {
+	case opts.FromSeq > 0:
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, opts.FromSeq
+	case !opts.Since.IsZero():
+		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &opts.Since
+	}
+	if last == 0 {
+		return st, nil
+	}
+	cons, err := raw.OrderedConsumer(ctx, cfg)
+	if err != nil {
+		return st, err
+	}
+	seen := map[string]map[string]bool{} // subject -> eventIds on it
+	for {
+		msg, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
+		if errors.Is(err, nats.ErrTimeout) || errors.Is(err, jetstream.ErrNoMessages) {
+			return st, nil
+		}
+		if err != nil {
+			return st, err
+		}
+		meta, err := msg.Metadata()
+		if err != nil {
+			return st, err
+		}
+		st.Callbacks++
+		if err := f.replayOne(ctx, msg, seen, opts.DryRun, &st); err != nil {
+			return st, err
+		}
+		if meta.Sequence.Stream >= last {
+			return st, nil
+		}
+	}
+}
+
+func (f *fanout) replayOne(ctx context.Context, msg jetstream.Msg, seen map[string]map[string]bool, dry bool, st *ReplayStats) error {
+	cb, err := thingspace.ParseCallback(msg.Data())
+	if err != nil {
+		st.Unparseable++
+		return nil
+	}
+	s, ok := callbackStatus(cb)
+	if !ok {
+		st.Unparseable++
+		return nil
+	}
+	rec, err := f.records.Get(ctx, cb.RequestID, true)
+	if errors.Is(err, correlation.ErrNotFound) {
+		rec, err = nil, nil
+	}
+	if err != nil {
+		return err
+	}
+	received := time.Now()
+	if meta, err := msg.Metadata(); err == nil {
+		received = meta.Timestamp
+	}
+	if v := msg.Headers().Get(HeaderReceivedAt); v != "" {
+		if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
+			received = t
+		}
+	}
+	ev := buildEvent(cb, s, rec, received)
+	subject := ev.Subject()
+	ids, ok := seen[subject]
+	if !ok {
+		if ids, err = f.eventIDs(ctx, subject); err != nil {
+			return err
+		}
+		seen[subject] = ids
+	}
+	if ids[ev.EventID] {
+		st.Existing++
+		return nil
+	}
+	if !dry {
+		if err := f.publish(ctx, ev); err != nil {
+			return err
+		}
+	}
+	ids[ev.EventID] = true
+	st.Published++
+	return nil
+}
+
+// eventIDs reads every eventId stored on subject.
+func (f *fanout) eventIDs(ctx context.Context, subject string) (map[string]bool, error) {
+	ids := map[string]bool{}
+	if _, err := f.status.GetLastMsgForSubject(ctx, subject); errors.Is(err, jetstream.ErrMsgNotFound) {
+		return ids, nil
+	}
+	cons, err := f.status.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
+	if err != nil {
+		return nil, err
+	}
+	for {
+		msg, err := cons.Next(jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			return nil, err
+		}
+		var ev status.Event
+		if json.Unmarshal(msg.Data(), &ev) == nil {
+			ids[ev.EventID] = true
+		}
+		meta, err := msg.Metadata()
+		if err != nil || meta.NumPending == 0 {
+			return ids, nil
+		}
+	}
+}
