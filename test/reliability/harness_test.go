@@ -385,14 +385,20 @@ func iccid(prefix, i int) string { return fmt.Sprintf("8914800%03d%010d", prefix
 func eid(prefix, i int) string   { return fmt.Sprintf("8904903200000000000%03d%010d", prefix, i) }
 
 // enableCommand is a one-device enable command.
-func enableCommand(id string, prefix, i int) []byte {
+func enableCommand(id, acct string, prefix, i int) []byte {
 	return []byte(fmt.Sprintf(`{"commandId":%q,"accountName":%q,"smsrOid":%q,"devices":[{"deviceIds":[{"kind":"eid","id":%q},{"kind":"iccid","id":%q}]}]}`,
-		id, account, smsrOid, eid(prefix, i), iccid(prefix, i)))
+		id, acct, smsrOid, eid(prefix, i), iccid(prefix, i)))
 }
 
 // publishCommands publishes n one-device enable commands and waits until
 // JetStream acknowledged every one; it returns their ICCIDs.
 func publishCommands(t testing.TB, js jetstream.JetStream, prefix, n int) []string {
+	t.Helper()
+	return publishFor(t, js, account, prefix, n)
+}
+
+// publishFor is publishCommands for the account acct.
+func publishFor(t testing.TB, js jetstream.JetStream, acct string, prefix, n int) []string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -404,7 +410,7 @@ func publishCommands(t testing.TB, js jetstream.JetStream, prefix, n int) []stri
 			ids[i] = iccid(prefix, i)
 			id := fmt.Sprintf("cmd-%03d-%d", prefix, i)
 			m := nats.NewMsg("thingspace.profile.commands.enable")
-			m.Data = enableCommand(id, prefix, i)
+			m.Data = enableCommand(id, acct, prefix, i)
 			m.Header.Set(nats.MsgIdHdr, id)
 			f, err := js.PublishMsgAsync(m)
 			require.NoError(t, err)
@@ -624,4 +630,31 @@ func scanLines(text string, f func(n int, line string)) {
 		n++
 		f(n, sc.Text())
 	}
+}
+
+// metricSum scrapes a Prometheus endpoint and sums the samples of name
+// whose labels contain every one of labels (`code="error"`).
+func metricSum(t testing.TB, url, name string, labels ...string) float64 {
+	t.Helper()
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get(url)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	total := 0.0
+	scanLines(string(b), func(_ int, line string) {
+		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
+			return
+		}
+		for _, l := range labels {
+			if !strings.Contains(line, l) {
+				return
+			}
+		}
+		f := strings.Fields(line)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		require.NoError(t, err, line)
+		total += v
+	})
+	return total
 }
