@@ -157,6 +157,8 @@ func TestInterruptingStopsFollowingNotTheWork(t *testing.T) {
 	require.Contains(t, r.stderr, "the work goes on: esimctl watch "+run)
 	require.NoFileExists(t, filepath.Join(s.dir, "interrupted.csv"), "no results before every device is final")
 	require.Contains(t, r.stderr, "published 1 commands (300 devices)")
+	require.Regexp(t, `(?m)^run `+run+`: \d+/300 final \(.*accepted.*\) · \d+ devices/s · (about \S+ left|time left unknown)$`, r.stderr,
+		"plain progress lines when stderr is not a terminal")
 
 	out := filepath.Join(s.dir, "watched.csv")
 	w := s.esimctl(context.Background(), "watch", run, "--out", out, "--progress-every", "100ms")
@@ -282,4 +284,33 @@ func TestHelpListsTheVerbsAndFlags(t *testing.T) {
 			require.Contains(t, out.String(), w, "%v", tt.args)
 		}
 	}
+}
+
+// A NATS CLI context names the server when NATS_URL does not.
+func TestANATSCLIContextNamesTheServer(t *testing.T) {
+	s := natsOnly(t)
+	home := t.TempDir()
+	dir := filepath.Join(home, ".config", "nats", "context")
+	require.NoError(t, os.MkdirAll(dir, 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "dev.json"), []byte(`{"description":"dev","url":"`+s.ns.URL()+`"}`), 0o644))
+	env := map[string]string{"HOME": home, "NATS_CONTEXT": "dev"}
+	run := func(env map[string]string, args ...string) result {
+		var out, errOut syncBuffer
+		code := esimctl.Run(context.Background(), args, func(k string) string { return env[k] }, &out, &errOut)
+		return result{code: code, stdout: out.String(), stderr: errOut.String()}
+	}
+	r := run(env, "status", iccid(1))
+	require.Equal(t, esimctl.ExitNotAll, r.code, r.stderr)
+	require.Contains(t, r.stderr, "no status event for device "+iccid(1), "connected through the context")
+
+	r = run(map[string]string{"HOME": home}, "status", "--context", "dev", "--connect-timeout", "5s", iccid(1))
+	require.Contains(t, r.stderr, "no status event for device", "--context works too")
+
+	r = run(map[string]string{"HOME": home, "NATS_CONTEXT": "dev", "NATS_URL": "nats://127.0.0.1:1"}, "status", "--connect-timeout", "300ms", iccid(1))
+	require.Equal(t, esimctl.ExitNotAll, r.code)
+	require.Contains(t, r.stderr, "cannot reach NATS at nats://127.0.0.1:1", "NATS_URL overrides the context")
+
+	r = run(map[string]string{"HOME": home}, "status", "--context", "missing", iccid(1))
+	require.Equal(t, esimctl.ExitUsage, r.code)
+	require.Contains(t, r.stderr, `NATS context "missing"`)
 }
