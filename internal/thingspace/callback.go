@@ -80,8 +80,7 @@ var ErrCallback = errors.New("thingspace: invalid callback")
 // JSON object with a requestId, a status of Success, Failed or warning in any
 // case, and at least one device identifier. It never panics.
 func ParseCallback(body []byte) (*Callback, error) {
-	clean := StripTrailingCommas(body)
-	trimmed := bytes.TrimSpace(clean)
+	trimmed := bytes.TrimSpace(body)
 	if len(trimmed) == 0 {
 		return nil, fmt.Errorf("%w: empty body", ErrCallback)
 	}
@@ -89,8 +88,14 @@ func ParseCallback(body []byte) (*Callback, error) {
 		return nil, fmt.Errorf("%w: want a JSON object, got %s", ErrCallback, describeJSON(trimmed))
 	}
 	var w wireCallback
+	// Most callbacks are plain JSON: decode them as they are, and only
+	// copy and strip trailing commas (the delete page's quirk) when that
+	// fails, so the common case scans the body once.
 	if err := json.Unmarshal(trimmed, &w); err != nil {
-		return nil, fmt.Errorf("%w: %s", ErrCallback, jsonErrorText(err))
+		w = wireCallback{}
+		if err := json.Unmarshal(bytes.TrimSpace(StripTrailingCommas(trimmed)), &w); err != nil {
+			return nil, fmt.Errorf("%w: %s", ErrCallback, jsonErrorText(err))
+		}
 	}
 	c := &Callback{
 		Username:  w.Username,
