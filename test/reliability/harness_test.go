@@ -279,7 +279,15 @@ type sim struct {
 // startSim runs the simulator in this process on 127.0.0.1:0.
 func startSim(t testing.TB, cfg simulator.Config) *sim {
 	t.Helper()
-	cfg.ClientID, cfg.ClientSecret, cfg.Username, cfg.Password = clientID, clientSecret, tsUser, tsPassword
+	return startSimWith(t, cfg, nil)
+}
+
+// startSimWith is startSim with the simulator's handler wrapped.
+func startSimWith(t testing.TB, cfg simulator.Config, wrap func(http.Handler) http.Handler) *sim {
+	t.Helper()
+	if cfg.ClientSecret == "" {
+		cfg.ClientID, cfg.ClientSecret, cfg.Username, cfg.Password = clientID, clientSecret, tsUser, tsPassword
+	}
 	if cfg.HistoryLimit == 0 {
 		cfg.HistoryLimit = 200000
 	}
@@ -293,7 +301,11 @@ func startSim(t testing.TB, cfg simulator.Config) *sim {
 	s, err := simulator.New(cfg)
 	require.NoError(t, err)
 	s.Start()
-	hs := httptest.NewServer(s.Handler())
+	h := s.Handler()
+	if wrap != nil {
+		h = wrap(h)
+	}
+	hs := httptest.NewServer(h)
 	t.Cleanup(func() { hs.Close(); s.Close() })
 	return &sim{Server: s, url: hs.URL}
 }
@@ -657,4 +669,34 @@ func metricSum(t testing.TB, url, name string, labels ...string) float64 {
 		total += v
 	})
 	return total
+}
+
+// rawMsg is one stored message: subject, headers and body.
+type rawMsg struct {
+	subject string
+	header  nats.Header
+	data    []byte
+}
+
+// readStream reads every message of a stream with an ordered consumer.
+func readStream(t testing.TB, js jetstream.JetStream, name string) []rawMsg {
+	t.Helper()
+	want := streamMsgs(t, js, name)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cons, err := js.OrderedConsumer(ctx, name, jetstream.OrderedConsumerConfig{})
+	require.NoError(t, err)
+	var out []rawMsg
+	for uint64(len(out)) < want {
+		batch, err := cons.Fetch(1000, jetstream.FetchMaxWait(5*time.Second))
+		require.NoError(t, err)
+		got := 0
+		for m := range batch.Messages() {
+			out = append(out, rawMsg{subject: m.Subject(), header: m.Headers(), data: m.Data()})
+			got++
+		}
+		require.NoError(t, batch.Error())
+		require.Positive(t, got, "%s: read %d of %d messages", name, len(out), want)
+	}
+	return out
 }
