@@ -3,7 +3,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 NATS_CLI    := github.com/nats-io/natscli/nats@v0.5.0
 GO_TEST_FLAGS ?= -race -count=1 -timeout 20m
 
-.PHONY: all build test test-short lint vet staticcheck archtest bench dev nats up down fmt tidy clean
+.PHONY: all build test test-chaos test-short lint vet staticcheck archtest bench dev nats up down fmt tidy clean
 
 all: build
 
@@ -13,6 +13,15 @@ build:
 ## test: what README and CI run: vet, lint and every test with the race detector.
 test: lint
 	go test $(GO_TEST_FLAGS) ./...
+
+## test-chaos: the reliability tests (real processes killed with SIGKILL, a
+## cluster losing a leader, fault storms, hostile requests, a secrets scan),
+## then each fuzz target briefly. No -race: the services under test run as
+## separate binaries, and their packages already run with -race in `make test`.
+test-chaos:
+	RELIABILITY=1 go test -count=1 -timeout 15m ./test/reliability/...
+	go test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime 15s ./internal/command
+	go test -run '^$$' -fuzz '^FuzzParseCallback$$' -fuzztime 15s ./internal/thingspace
 
 test-short:
 	go test -short -count=1 ./...
