@@ -19,7 +19,7 @@ test: lint
 ## then each fuzz target briefly. No -race: the services under test run as
 ## separate binaries, and their packages already run with -race in `make test`.
 test-chaos:
-	RELIABILITY=1 go test -count=1 -timeout 15m ./test/reliability/...
+	RELIABILITY=1 go test -v -count=1 -timeout 15m ./test/reliability/...
 	go test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime 15s ./internal/command
 	go test -run '^$$' -fuzz '^FuzzParseCallback$$' -fuzztime 15s ./internal/thingspace
 

@@ -526,8 +526,6 @@ func (tl *tally) missingFinal(ids []string) []string {
 	return out
 }
 
-func (tl *tally) countFinal(ids []string) int { return len(ids) - len(tl.missingFinal(ids)) }
-
 func (tl *tally) countAccepted() int {
 	tl.mu.Lock()
 	defer tl.mu.Unlock()
