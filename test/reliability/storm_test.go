@@ -213,7 +213,7 @@ func TestFaultStorms(t *testing.T) {
 			sc.check(t, c, minimal, n, delta)
 			require.False(t, d.exited(), "the dispatcher exited")
 			t.Logf("FIGURE storm %s: %d commands accepted in %s; %d action calls (%d accepted, minimum %d; %d 5xx, %d dropped, "+
-				"%d timed out, %d 429, %d auth); %d logins, %d expiries; %d devices sent twice",
+				"%d transport errors (timeouts, resets), %d 429, %d auth); %d logins, %d expiries; %d devices sent twice",
 				sc.name, sc.n, took.Round(time.Millisecond), c.attempts, c.accepted, minimal, c.serverErrors, c.dropped,
 				c.timedOut, c.throttled, c.authErrors, delta.Logins, n, twice)
 		})
