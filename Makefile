@@ -38,8 +38,11 @@ vet:
 staticcheck:
 	go run $(STATICCHECK) ./...
 
+## bench: the benchmarks of BENCHMARKS.md, each next to its baseline (about 5 minutes; not part of test).
+## BENCH_FLAGS passes flags, e.g. BENCH_FLAGS='-short' for a smoke run or '-keep' to keep logs and profiles.
+BENCH_FLAGS ?=
 bench:
-	go run ./cmd/bench
+	go run ./cmd/bench $(BENCH_FLAGS)
 
 dev:
 	go run ./cmd/devstack
