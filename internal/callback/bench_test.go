@@ -88,7 +88,7 @@ const perRequest = 10000
 // prefix+i/10000, the device i having ICCID 8914800000<i, 10 digits>.
 func putBenchRecords(b *testing.B, s *stack, prefix string, n int) {
 	for r := 0; r*perRequest < n; r++ {
-		rec := &correlation.Record{RequestID: prefix + strconv.Itoa(r), Action: "enable", AccountName: "0000123456-00001"}
+		rec := &correlation.Record{RequestID: prefix + strconv.Itoa(r), Action: "enable", AccountName: "0000123456-00001", Published: true}
 		for i := r * perRequest; i < (r+1)*perRequest && i < n; i++ {
 			rec.Devices = append(rec.Devices, correlation.Entry{CommandID: "cmd", Device: device.Set{ICCID: fmt.Sprintf("8914800000%010d", i)}})
 		}

@@ -42,6 +42,7 @@ func putRecord(t *testing.T, s *stack, requestID, action, commandID string, d de
 	t.Helper()
 	require.NoError(t, s.store.Put(context.Background(), &correlation.Record{
 		RequestID: requestID, Action: action, AccountName: "0000123456-00001", SubmittedAt: time.Now().UTC(),
+		Published: true, // as the dispatcher leaves it once the accepted events are stored
 		Devices: []correlation.Entry{
 			{CommandID: "other-command", Device: device.Set{ICCID: "89148000000000000001", EID: "89049032000000000000000000000001"}},
 			{CommandID: commandID, Device: d},
@@ -449,4 +450,27 @@ func scrape(t *testing.T, s *stack) string {
 	code, body := s.get(s.admin("/metrics"))
 	require.Equal(t, http.StatusOK, code)
 	return string(body)
+}
+
+func TestACallbackWaitsForItsAcceptedEventsToBeStored(t *testing.T) {
+	// The dispatcher writes the record, then the accepted events, then marks
+	// the record published: a callback's event must not land before its
+	// device's accepted event, so it waits for the mark.
+	s := startStack(t, nil) // grace 30s
+	iccid := "89148000000840784272"
+	rec := &correlation.Record{RequestID: "req-unpublished", Action: "enable", AccountName: "0000123456-00001",
+		SubmittedAt: time.Now().UTC(), Devices: []correlation.Entry{{CommandID: "cmd-unpublished", Device: device.Set{ICCID: iccid}}}}
+	require.NoError(t, s.store.Put(context.Background(), rec))
+	s.postOK(callbackBody(cbOpts{requestID: "req-unpublished", iccid: iccid}))
+	// The fan-out has looked at the record and put the callback back.
+	require.Eventually(t, func() bool {
+		_, body := s.get(s.admin("/metrics"))
+		return strings.Contains(string(body), `esim_ingest_fanout_retries_total{reason="record_pending"}`)
+	}, 10*time.Second, 20*time.Millisecond)
+	require.Empty(t, s.eventsOf("req-unpublished"), "no event before the accepted events are stored")
+
+	rec.Published = true
+	require.NoError(t, s.store.Put(context.Background(), rec))
+	ev := s.waitEvents("req-unpublished", 1)[0].Event
+	assert.Equal(t, "cmd-unpublished", ev.CommandID)
 }

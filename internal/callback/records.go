@@ -4,6 +4,7 @@ import (
 	"container/list"
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -87,6 +88,11 @@ func (r *records) Get(ctx context.Context, requestID string, fresh bool) (*corre
 	r.mu.Unlock()
 
 	c.rec, c.err = r.src.Get(ctx, requestID)
+	if c.err == nil && !c.rec.Published && !fresh {
+		// The dispatcher is still storing the accepted events: wait, so the
+		// callback's event lands after them. The last look takes it as is.
+		c.rec, c.err = nil, fmt.Errorf("%w %s: accepted events not stored yet", correlation.ErrNotFound, requestID)
+	}
 
 	r.mu.Lock()
 	delete(r.inflight, requestID)

@@ -35,6 +35,10 @@ type Record struct {
 	AccountName string    `json:"accountName"`
 	SubmittedAt time.Time `json:"submittedAt"`
 	Devices     []Entry   `json:"devices"`
+	// Published is set once the call's accepted events are stored: a
+	// callback's event must come after its device's accepted event, so the
+	// ingest waits for it (within its grace) before using the record.
+	Published bool `json:"published,omitempty"`
 
 	once  sync.Once
 	index map[string]int

@@ -259,6 +259,12 @@ func (s *Service) accepted(ctx context.Context, k batch.Key, g group, reqID stri
 	if err == nil {
 		err = s.publish(ctx, evs)
 	}
+	if err == nil {
+		// Callbacks may be turned into events from now on: they come after
+		// the accepted events on each device's subject.
+		rec.Published = true
+		err = s.putRecord(ctx, rec)
+	}
 	if err != nil {
 		// ThingSpace has the request but its outcome is not durable here:
 		// hand the commands back; the redelivery submits them again.
