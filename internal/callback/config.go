@@ -88,6 +88,7 @@ func (c *Config) Declare(s *config.Set) {
 	s.String(&c.ListenAddr, "listen-addr", "LISTEN_ADDR", DefaultListenAddr, "public callback listener (POST /callbacks, /healthz, /readyz)")
 	s.String(&c.MetricsAddr, "metrics-addr", "METRICS_ADDR", DefaultMetricsAddr, "admin listener (/healthz, /readyz, /metrics, /devices/{id})")
 	s.String(&c.Username, "callback-username", "CALLBACK_USERNAME", "", "user name callbacks must carry (Basic auth or body); empty with the password: no check")
+	s.Sensitive("CALLBACK_USERNAME") // ThingSpace echoes it in callbacks: never logged
 	s.Secret(&c.Password, "callback-password", "CALLBACK_PASSWORD", "password callbacks must carry")
 	s.Int(&c.StreamReplicas, "stream-replicas", "STREAM_REPLICAS", 1, "replicas of the streams and bucket created (3 on a cluster)")
 	s.Duration(&c.CorrelationGrace, "correlation-grace", "CORRELATION_GRACE", DefaultCorrelationGrace, "how long a callback may wait for its requestId record before its event goes out without commandId")

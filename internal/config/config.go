@@ -52,6 +52,7 @@ type Set struct {
 type setting struct {
 	flag, env, def, usage string
 	secret, required      bool
+	sensitive             bool // masked in Resolved, though not a secret
 	set                   func(string) error
 	value                 func() string
 }
@@ -175,6 +176,19 @@ func (s *Set) Required(env ...string) {
 	}
 }
 
+// Sensitive marks settings that are not secrets to their program but must
+// not be logged either (the callback user name ThingSpace echoes): Resolved
+// masks them.
+func (s *Set) Sensitive(env ...string) {
+	for _, e := range env {
+		for _, st := range s.settings {
+			if st.env == e {
+				st.sensitive = true
+			}
+		}
+	}
+}
+
 // Parse reads the environment through getenv, then the flags in args. A
 // missing required setting is an error naming its variable.
 func (s *Set) Parse(args []string, getenv func(string) string) error {
@@ -233,7 +247,7 @@ func (s *Set) Resolved() map[string]string {
 	out := make(map[string]string, len(s.settings))
 	for _, st := range s.settings {
 		v := st.value()
-		if st.secret && v != "" {
+		if (st.secret || st.sensitive) && v != "" {
 			v = "[redacted]"
 		}
 		out[st.env] = v

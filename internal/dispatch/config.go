@@ -120,6 +120,7 @@ func (c *Config) Declare(s *config.Set) {
 	s.Int(&c.MaxDeliver, "max-deliver", "MAX_DELIVER", 10, "deliveries of one command before it fails to the dead letters")
 	s.Int(&c.MaxAttempts, "max-attempts", "MAX_ATTEMPTS", 6, "tries of one ThingSpace call before its commands are handed back")
 	s.Bool(&c.Checksums, "check-digits", "CHECK_DIGITS", false, "also verify Luhn (ICCID, IMEI) and MOD 97-10 (EID) check digits")
+	s.Sensitive("CALLBACK_USERNAME")
 	s.Required("THINGSPACE_CLIENT_ID", "THINGSPACE_CLIENT_SECRET", "THINGSPACE_USERNAME", "THINGSPACE_PASSWORD")
 }
 
