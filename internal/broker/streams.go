@@ -181,6 +181,9 @@ func Ensure(ctx context.Context, js jetstream.JetStream, s StreamSettings) error
 	return nil
 }
 
+// errNoPeers is JetStream's "no suitable peers for placement".
+const errNoPeers = 10005
+
 // Retry runs op with 5-second attempts, backing off up to 2 s between them,
 // until it succeeds or ctx ends. For idempotent set-up calls only.
 func Retry(ctx context.Context, op func(ctx context.Context) error) error { return retry(ctx, op) }
@@ -195,8 +198,10 @@ func retry(ctx context.Context, op func(ctx context.Context) error) error {
 			return nil
 		}
 		var apiErr *jetstream.APIError
-		if errors.As(err, &apiErr) && apiErr.Code >= 400 && apiErr.Code < 500 && apiErr.Code != 408 {
-			// A refused configuration will not fix itself.
+		if errors.As(err, &apiErr) && apiErr.Code >= 400 && apiErr.Code < 500 && apiErr.Code != 408 &&
+			apiErr.ErrorCode != jetstream.ErrorCode(errNoPeers) {
+			// A refused configuration will not fix itself; too few peers
+			// (a cluster still forming, a node restarting) will.
 			return err
 		}
 		select {

@@ -57,6 +57,12 @@ type Config struct {
 	// RecordCache is RECORD_CACHE: requestId records kept in memory (default
 	// 1024; one record serves up to 10,000 callbacks).
 	RecordCache int
+	// StoreWorkers is STORE_WORKERS: stores to the callback stream under
+	// way at once (default 8).
+	StoreWorkers int
+	// GroupCommit is GROUP_COMMIT_MAX: the most callbacks one stored message
+	// may carry when many wait at once (default 64; 1 stores each alone).
+	GroupCommit int
 	// StoreTimeout is STORE_TIMEOUT: how long a callback waits for JetStream
 	// to store it before the answer is 503, and the limit of each publish of
 	// the fan-out (default 5s).
@@ -77,6 +83,8 @@ const (
 	DefaultMaxAckPending    = 20000
 	DefaultRecordCache      = 1024
 	DefaultStoreTimeout     = 5 * time.Second
+	DefaultStoreWorkers     = 8
+	DefaultGroupCommit      = 64
 	DefaultShutdownGrace    = 20 * time.Second
 )
 
@@ -96,6 +104,8 @@ func (c *Config) Declare(s *config.Set) {
 	s.Int(&c.Workers, "fanout-workers", "FANOUT_WORKERS", DefaultWorkers, "callbacks turned into events concurrently")
 	s.Int(&c.MaxAckPending, "fanout-max-ack-pending", "FANOUT_MAX_ACK_PENDING", DefaultMaxAckPending, "unacknowledged callbacks the fan-out consumer may hold")
 	s.Int(&c.RecordCache, "record-cache", "RECORD_CACHE", DefaultRecordCache, "requestId records kept in memory")
+	s.Int(&c.StoreWorkers, "store-workers", "STORE_WORKERS", DefaultStoreWorkers, "stores to the callback stream under way at once")
+	s.Int(&c.GroupCommit, "group-commit-max", "GROUP_COMMIT_MAX", DefaultGroupCommit, "most callbacks stored together in one message when many wait (1: each alone)")
 	s.Duration(&c.StoreTimeout, "store-timeout", "STORE_TIMEOUT", DefaultStoreTimeout, "how long a store in JetStream may take before a callback is answered 503")
 	s.Duration(&c.ShutdownGrace, "shutdown-grace", "SHUTDOWN_GRACE", DefaultShutdownGrace, "limit of each stage of a graceful stop")
 }
@@ -126,6 +136,8 @@ func (c *Config) setDefaults() {
 	num(&c.Workers, DefaultWorkers)
 	num(&c.MaxAckPending, DefaultMaxAckPending)
 	num(&c.RecordCache, DefaultRecordCache)
+	num(&c.StoreWorkers, DefaultStoreWorkers)
+	num(&c.GroupCommit, DefaultGroupCommit)
 	dur(&c.StoreTimeout, DefaultStoreTimeout)
 	dur(&c.ShutdownGrace, DefaultShutdownGrace)
 }
@@ -168,6 +180,12 @@ func (c Config) Validate() error {
 	}
 	if c.MaxAckPending < c.Workers {
 		errs = append(errs, fmt.Errorf("FANOUT_MAX_ACK_PENDING: %d is below FANOUT_WORKERS %d", c.MaxAckPending, c.Workers))
+	}
+	if c.StoreWorkers < 1 || c.StoreWorkers > 256 {
+		errs = append(errs, fmt.Errorf("STORE_WORKERS: %d is out of range 1..256", c.StoreWorkers))
+	}
+	if c.GroupCommit < 1 || c.GroupCommit > 1024 {
+		errs = append(errs, fmt.Errorf("GROUP_COMMIT_MAX: %d is out of range 1..1024", c.GroupCommit))
 	}
 	if c.RecordCache < 1 {
 		errs = append(errs, fmt.Errorf("RECORD_CACHE: %d must be at least 1", c.RecordCache))

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/esim-pipeline/thingspace-esim/internal/broker"
 	"github.com/esim-pipeline/thingspace-esim/internal/correlation"
 	"github.com/esim-pipeline/thingspace-esim/internal/observability"
 	"github.com/esim-pipeline/thingspace-esim/internal/status"
@@ -60,7 +61,51 @@ type fanout struct {
 // handle is the Watermill handler. It returns nil only after the event is
 // stored (or the status stream had it already); the router then acks.
 func (f *fanout) handle(msg *message.Message) error {
-	cb, err := thingspace.ParseCallback(msg.Payload)
+	if n := msg.Metadata.Get(HeaderBatch); n != "" {
+		return f.handleBatch(msg, n)
+	}
+	return f.handleOne(msg.Context(), msg.Payload, f.receivedAt(msg))
+}
+
+// handleBatch turns every callback of a group-committed message into its
+// event. A callback that cannot be parsed goes to the dead letters alone;
+// one that must wait (its record, NATS) makes the whole message come back,
+// and the callbacks already done then find their events stored.
+func (f *fanout) handleBatch(msg *message.Message, n string) error {
+	want, _ := strconv.Atoi(n)
+	items, err := decodeBatch(msg.Payload, want)
+	if err != nil {
+		return err // the whole message to the dead letters: its bytes are kept
+	}
+	var wait error
+	for _, it := range items {
+		received := f.now()
+		if t, err := time.Parse(time.RFC3339Nano, it.ReceivedAt); err == nil {
+			received = t
+		}
+		err := f.handleOne(msg.Context(), it.Body, received)
+		switch {
+		case err == nil:
+		case isPermanent(err):
+			hdr := nats.Header{}
+			hdr.Set(HeaderReceivedAt, it.ReceivedAt)
+			ctx, cancel := context.WithTimeout(msg.Context(), f.timeout)
+			dlErr := broker.DeadLetter(ctx, f.js, broker.DeadLetterCallbacks, it.Body, broker.CallbackSubject, hdr, err.Error())
+			cancel()
+			if dlErr != nil {
+				return retry("nats", dlErr)
+			}
+			f.m.deadLetters.WithLabelValues("fanout").Inc()
+		case wait == nil:
+			wait = err
+		}
+	}
+	return wait
+}
+
+// handleOne turns one stored callback into its event.
+func (f *fanout) handleOne(parent context.Context, body []byte, receivedAt time.Time) error {
+	cb, err := thingspace.ParseCallback(body)
 	if err != nil {
 		f.m.parseFailures.Inc()
 		return fmt.Errorf("stored callback cannot be parsed: %w", err)
@@ -69,8 +114,7 @@ func (f *fanout) handle(msg *message.Message) error {
 	if !ok {
 		return fmt.Errorf("callback status %q has no event status", cb.Status)
 	}
-	receivedAt := f.receivedAt(msg)
-	ctx, cancel := context.WithTimeout(msg.Context(), f.timeout)
+	ctx, cancel := context.WithTimeout(parent, f.timeout)
 	defer cancel()
 
 	waited := f.now().Sub(receivedAt)

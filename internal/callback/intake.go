@@ -49,6 +49,7 @@ type intake struct {
 	m       *metrics
 	log     zerolog.Logger
 	bufs    sync.Pool
+	commit  *committer
 }
 
 // credentials compares what a callback carries with the configured pair in
@@ -146,7 +147,7 @@ func (in *intake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// One fact (requestId, device, status) is stored once: ThingSpace's
 	// resends differ only in callbackCount.
 	msg.Header[nats.MsgIdHdr] = []string{status.ID("callback", string(st), cb.RequestID, callbackDevice(cb).String())}
-	if _, err := js.PublishMsg(ctx, msg); err != nil {
+	if err := in.commit.store(ctx, msg); err != nil {
 		in.log.Warn().Err(err).Str(observability.FieldRequestID, cb.RequestID).Msg("cannot store callback")
 		in.answer(w, http.StatusServiceUnavailable, "cannot store the callback now")
 		return

@@ -25,6 +25,7 @@ type metrics struct {
 	handleSeconds prometheus.Histogram   // fan-out handler duration
 	lag           prometheus.Histogram   // receipt to event stored
 	uncorrelated  prometheus.Counter     // events published without a record
+	groupCommit   prometheus.Histogram   // callbacks stored by one message, when more than one
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -81,8 +82,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Status events published without a requestId record (no commandId), after the grace.",
 		}),
 	}
+	m.groupCommit = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "esim_ingest_group_commit_callbacks",
+		Help:    "Callbacks stored together in one message (group commit), when more than one.",
+		Buckets: []float64{2, 4, 8, 16, 32, 64, 128},
+	})
 	reg.MustRegister(m.callbacks, m.storeSeconds, m.parseFailures, m.events, m.duplicates, m.stale,
-		m.deadLetters, m.retries, m.handled, m.handleSeconds, m.lag, m.uncorrelated)
+		m.deadLetters, m.retries, m.handled, m.handleSeconds, m.lag, m.uncorrelated, m.groupCommit)
 	// Resolve the usual codes once: no label lookup per request.
 	m.callbackCodes = make(map[int]prometheus.Counter)
 	for _, c := range []int{200, 400, 401, 405, 413, 415, 503} {

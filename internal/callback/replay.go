@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -96,9 +97,28 @@ func Replay(ctx context.Context, js jetstream.JetStream, opts ReplayOptions, log
 		if err != nil {
 			return st, err
 		}
-		st.Callbacks++
-		if err := f.replayOne(ctx, msg, seen, opts.DryRun, &st); err != nil {
-			return st, err
+		received := meta.Timestamp
+		if t, err := time.Parse(time.RFC3339Nano, msg.Headers().Get(HeaderReceivedAt)); err == nil {
+			received = t
+		}
+		items := []rawCallback{{Body: msg.Data()}}
+		if n := msg.Headers().Get(HeaderBatch); n != "" {
+			want, _ := strconv.Atoi(n)
+			if items, err = decodeBatch(msg.Data(), want); err != nil {
+				st.Callbacks++
+				st.Unparseable++
+				items = nil
+			}
+		}
+		for _, it := range items {
+			at := received
+			if t, err := time.Parse(time.RFC3339Nano, it.ReceivedAt); err == nil {
+				at = t
+			}
+			st.Callbacks++
+			if err := f.replayOne(ctx, it.Body, at, seen, opts.DryRun, &st); err != nil {
+				return st, err
+			}
 		}
 		if meta.Sequence.Stream >= last {
 			return st, nil
@@ -106,8 +126,8 @@ func Replay(ctx context.Context, js jetstream.JetStream, opts ReplayOptions, log
 	}
 }
 
-func (f *fanout) replayOne(ctx context.Context, msg jetstream.Msg, seen map[string]map[string]bool, dry bool, st *ReplayStats) error {
-	cb, err := thingspace.ParseCallback(msg.Data())
+func (f *fanout) replayOne(ctx context.Context, body []byte, received time.Time, seen map[string]map[string]bool, dry bool, st *ReplayStats) error {
+	cb, err := thingspace.ParseCallback(body)
 	if err != nil {
 		st.Unparseable++
 		return nil
@@ -123,15 +143,6 @@ func (f *fanout) replayOne(ctx context.Context, msg jetstream.Msg, seen map[stri
 	}
 	if err != nil {
 		return err
-	}
-	received := time.Now()
-	if meta, err := msg.Metadata(); err == nil {
-		received = meta.Timestamp
-	}
-	if v := msg.Headers().Get(HeaderReceivedAt); v != "" {
-		if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
-			received = t
-		}
 	}
 	ev := buildEvent(cb, s, rec, received)
 	subject := ev.Subject()

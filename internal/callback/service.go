@@ -117,6 +117,10 @@ func (s *service) run(ctx context.Context, reg *prometheus.Registry, onReady fun
 		m:       s.m,
 		log:     log.With().Str(observability.FieldComponent, "intake").Logger(),
 	}
+	in.commit = newCommitter(in.js, s.cfg.StoreWorkers, s.cfg.GroupCommit, s.cfg.StoreTimeout, s.m)
+	commitCtx, stopCommit := context.WithCancel(context.Background())
+	defer stopCommit() // after the HTTP listener stopped: run returns last
+	in.commit.run(commitCtx, s.cfg.StoreWorkers)
 	if s.cfg.authRequired() {
 		in.auth = newCredentials(s.cfg.Username, s.cfg.Password.Reveal())
 	}

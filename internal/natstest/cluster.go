@@ -29,7 +29,7 @@ func freePort(t testing.TB) int {
 }
 
 // RunCluster starts n servers that form one JetStream cluster and waits
-// until it has a meta leader.
+// until it has a meta leader and every server is current with it.
 func RunCluster(t testing.TB, n int) *Cluster {
 	t.Helper()
 	routes := make([]int, n)
@@ -86,13 +86,16 @@ func RunCluster(t testing.TB, n int) *Cluster {
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		leader := false
+		leader, current := false, 0
 		for _, s := range c.Servers {
-			if s.srv != nil && s.srv.JetStreamIsLeader() {
+			if s.srv.JetStreamIsLeader() {
 				leader = true
 			}
+			if s.srv.JetStreamIsCurrent() {
+				current++
+			}
 		}
-		if leader {
+		if leader && current == n {
 			break
 		}
 		if time.Now().After(deadline) {
