@@ -82,13 +82,13 @@ func (b *bench) profileDispatcher(ctx context.Context, rep *report, dir string) 
 	rep.runs = append(rep.runs, runInfo{name: "profile: dispatcher (in-process copy with pprof)", work: r.work(), rate: perSec(r.rate()), cores: r.cores,
 		perCore: perCPUText(r.rate(), r.cores, "dispatcher")})
 	// The service's profile is written when it exits: runDispatcher stopped it.
-	b.addTop(ctx, rep, "Dispatcher (measurement 1, the service code)", svcProf)
+	b.addTop(ctx, rep, "Dispatcher (measurement 1, the service code)", svcProf, true)
 	if natsErr == nil {
-		b.addTop(ctx, rep, fmt.Sprintf("nats-server during the dispatcher run (first %s)", expect), natsProf)
+		b.addTop(ctx, rep, fmt.Sprintf("nats-server during the dispatcher run (first %s)", expect.Round(time.Second)), natsProf, false)
 	} else {
 		b.log.Warn().Err(natsErr).Msg("nats-server profile")
 	}
-	b.addTop(ctx, rep, "Bench process during the dispatcher run (the simulator answering)", selfProf)
+	b.addTop(ctx, rep, "Bench process during the dispatcher run (the simulator answering)", selfProf, false)
 	return nil
 }
 
@@ -115,32 +115,54 @@ func (b *bench) profileIngest(ctx context.Context, rep *report, dir string) erro
 		return err
 	}
 	rep.runs = append(rep.runs, r.info("profile: callback-ingest (in-process copy with pprof)", ingestProfiled))
-	b.addTop(ctx, rep, "Callback-ingest (measurement 2, the service code; the whole process life)", svcProf)
+	b.addTop(ctx, rep, "Callback-ingest (measurement 2, the service code; the whole process life)", svcProf, true)
 	if natsErr == nil {
-		b.addTop(ctx, rep, "nats-server during the ingest load window", natsProf)
+		b.addTop(ctx, rep, "nats-server during the ingest load window", natsProf, false)
 	} else {
 		b.log.Warn().Err(natsErr).Msg("nats-server profile")
 	}
-	b.addTop(ctx, rep, "Bench process during the ingest load window (the load generator)", selfProf)
+	b.addTop(ctx, rep, "Bench process during the ingest load window (the load generator)", selfProf, false)
 	return nil
 }
 
-// addTop puts the top functions of a profile in the report.
-func (b *bench) addTop(ctx context.Context, rep *report, title, path string) {
-	ctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, "go", "tool", "pprof", "-top", "-nodecount=14", path).CombinedOutput()
+// modulePath selects this module's functions in a profile.
+const modulePath = "thingspace-esim/"
+
+// addTop puts the top functions of a profile in the report: flat, and for
+// the services also this module's functions by cumulative time, which name
+// the code to change.
+func (b *bench) addTop(ctx context.Context, rep *report, title, path string, own bool) {
+	top, err := pprofTop(ctx, path, "-top", "-nodecount=14")
 	if err != nil {
-		b.log.Warn().Err(err).Str("profile", path).Str("output", string(out)).Msg("pprof")
+		b.log.Warn().Err(err).Str("profile", path).Msg("pprof")
 		return
 	}
-	// Keep the summary lines and the table, drop the file/build header.
-	var keep []string
-	for line := range strings.SplitSeq(string(out), "\n") {
-		if strings.HasPrefix(line, "File:") || strings.HasPrefix(line, "Build ID:") || strings.HasPrefix(line, "Type:") || strings.HasPrefix(line, "Time:") {
-			continue
+	if own {
+		if cum, err := pprofTop(ctx, path, "-top", "-cum", "-nodecount=12", "-show="+modulePath); err == nil {
+			top += "\n\nThis module's functions, by cumulative time:\n" + cum
 		}
-		keep = append(keep, line)
 	}
-	rep.profiles = append(rep.profiles, profileTop{title: title, file: filepath.Base(path), top: strings.Join(keep, "\n")})
+	rep.profiles = append(rep.profiles, profileTop{title: title, file: filepath.Base(path), top: top})
+}
+
+// pprofTop runs go tool pprof and keeps its summary and table.
+func pprofTop(ctx context.Context, path string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "go", append(append([]string{"tool", "pprof"}, args...), path)...).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("%w: %s", err, out)
+	}
+	var keep []string
+	for line := range strings.SplitSeq(strings.TrimSpace(string(out)), "\n") {
+		for _, p := range []string{"File:", "Build ID:", "Type:", "Time:", "Active filters:", "   show="} {
+			if strings.HasPrefix(line, p) {
+				line = ""
+			}
+		}
+		if line != "" {
+			keep = append(keep, line)
+		}
+	}
+	return strings.Join(keep, "\n"), nil
 }
