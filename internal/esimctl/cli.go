@@ -266,6 +266,13 @@ func (a *app) connect(ctx context.Context, cmd *cobra.Command) (*nats.Conn, jets
 	return nc, js, nil
 }
 
+// closeConn closes nc without the disconnect warning broker.Connect's
+// handler would log for a close esimctl asked for.
+func closeConn(nc *nats.Conn) {
+	nc.SetDisconnectErrHandler(nil)
+	nc.Close()
+}
+
 // exactlyOne is a positional-argument check that words its error for humans.
 func exactlyOne(what string) cobra.PositionalArgs {
 	return func(cmd *cobra.Command, args []string) error {

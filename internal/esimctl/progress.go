@@ -47,6 +47,17 @@ func (m *meter) add(final int) {
 	m.samples = m.samples[cut:]
 }
 
+// sample records final now; within a quarter second of the last sample it
+// updates that one instead, so a burst of events keeps the window small and
+// the rate current.
+func (m *meter) sample(final int) {
+	if n := len(m.samples); n > 1 && m.now().Sub(m.samples[n-1].at) < 250*time.Millisecond {
+		m.samples[n-1].final = final
+		return
+	}
+	m.add(final)
+}
+
 // rate is devices per second; 0 when unknown.
 func (m *meter) rate() float64 {
 	if len(m.samples) < 2 {
@@ -90,7 +101,7 @@ func newPlain(w io.Writer, run string, every time.Duration) *plain {
 
 func (p *plain) interval() time.Duration { return p.every }
 func (p *plain) start(t *Tally)          { p.m.add(t.Final()) }
-func (p *plain) update(*Tally)           {}
+func (p *plain) update(t *Tally)         { p.m.sample(t.Final()) }
 func (p *plain) tick(t *Tally) {
 	p.m.add(t.Final())
 	fmt.Fprintf(p.w, "run %s: %s\n", p.run, progressLine(t, p.m.rate()))
@@ -128,8 +139,12 @@ func newBar(w io.Writer, run string, total int) *bar {
 
 func (r *bar) interval() time.Duration { return time.Second }
 func (r *bar) start(t *Tally)          { r.m.add(t.Final()); r.refresh(t) }
-func (r *bar) update(t *Tally)         { r.b.SetCurrent(int64(t.Final())); r.setText(t) }
-func (r *bar) tick(t *Tally)           { r.m.add(t.Final()); r.refresh(t) }
+func (r *bar) update(t *Tally) {
+	r.m.sample(t.Final())
+	r.b.SetCurrent(int64(t.Final()))
+	r.setText(t)
+}
+func (r *bar) tick(t *Tally) { r.m.add(t.Final()); r.refresh(t) }
 
 func (r *bar) refresh(t *Tally) {
 	r.b.SetCurrent(int64(t.Final()))

@@ -55,7 +55,7 @@ func (a *app) status(cmd *cobra.Command, id string, asJSON bool) error {
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
+	defer closeConn(nc)
 	st, err := js.Stream(ctx, broker.StatusStream)
 	if err != nil {
 		if errors.Is(err, jetstream.ErrStreamNotFound) {

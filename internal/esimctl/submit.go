@@ -138,7 +138,7 @@ func (a *app) submit(cmd *cobra.Command, f submitFlags, path string) error {
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
+	defer closeConn(nc)
 	statusStream, err := needStreams(ctx, js)
 	if err != nil {
 		return err
@@ -324,7 +324,7 @@ func (a *app) watch(cmd *cobra.Command, f followFlags, runID string) error {
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
+	defer closeConn(nc)
 	if _, err := needStreams(ctx, js); err != nil {
 		return err
 	}
