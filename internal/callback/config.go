@@ -79,7 +79,7 @@ const (
 	DefaultMetricsAddr      = ":9091"
 	DefaultCorrelationGrace = 15 * time.Second
 	DefaultRetryDelay       = time.Second
-	DefaultWorkers          = 16
+	DefaultWorkers          = 64
 	DefaultMaxAckPending    = 20000
 	DefaultRecordCache      = 1024
 	DefaultStoreTimeout     = 5 * time.Second

@@ -7,6 +7,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
+	"unicode/utf8"
 
 	"github.com/santhosh-tekuri/jsonschema/v6"
 	"github.com/santhosh-tekuri/jsonschema/v6/kind"
@@ -68,9 +71,14 @@ func Decode(action Action, body []byte, opts device.Options) (*Command, error) {
 			d.command = append(d.command, fmt.Sprintf("devices has %d entries, more than the %d one command may name", len(devices), limit))
 		}
 	}
-	if err := sch.Validate(doc); err != nil {
-		for _, v := range schemas.Violations(err) {
-			d.classify(v, groups)
+	key, cacheable := verdictKey(a, root, doc)
+	if _, known := validDocs.Load(key); !cacheable || !known {
+		if err := sch.Validate(doc); err != nil {
+			for _, v := range schemas.Violations(err) {
+				d.classify(v, groups)
+			}
+		} else if cacheable {
+			rememberValid(key)
 		}
 	}
 	if len(d.fatal) > 0 {
@@ -538,4 +546,74 @@ func sorted(s []string) []string {
 	s = slices.Clone(s)
 	slices.Sort(s)
 	return slices.Compact(s)
+}
+
+// validDocs remembers the verdict keys of documents the schema found valid:
+// producers send the same shape again and again (one account, one smsrOid,
+// one or two devices with eid and iccid), and the schema's verdict on a
+// shape is the same every time. Bounded: it starts over when full.
+var (
+	validDocs  sync.Map
+	validCount atomic.Int64
+)
+
+const maxValidDocs = 4096
+
+func rememberValid(key string) {
+	if validCount.Add(1) > maxValidDocs {
+		validDocs.Clear()
+		validCount.Store(1)
+	}
+	validDocs.Store(key, struct{}{})
+}
+
+// verdictKey names everything of a (reduced) document the command schema
+// can judge: every top-level value as it is, but for commandId only its
+// length (the schema bounds nothing else of it), and each device by its
+// shape (see group). Documents with other nesting are not cached.
+func verdictKey(a Action, root map[string]any, doc any) (string, bool) {
+	reduced, ok := doc.(map[string]any)
+	if !ok {
+		return "", false
+	}
+	keys := make([]string, 0, len(root))
+	for k := range root {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	var b []byte
+	b = append(b, a...)
+	for _, k := range keys {
+		b = strconv.AppendQuote(append(b, ';'), k)
+		b = append(b, '=')
+		switch v := root[k].(type) {
+		case string:
+			if k == "commandId" {
+				b = strconv.AppendInt(append(b, "len:"...), int64(min(utf8.RuneCountInString(v), 1<<20)), 10)
+			} else {
+				b = strconv.AppendQuote(b, v)
+			}
+		case bool:
+			b = strconv.AppendBool(b, v)
+		case float64:
+			b = strconv.AppendFloat(b, v, 'g', -1, 64)
+		case nil:
+			b = append(b, "null"...)
+		case []any:
+			if k != "devices" {
+				return "", false
+			}
+			reps, _ := reduced["devices"].([]any)
+			b = strconv.AppendInt(b, int64(len(reps)), 10)
+			for _, e := range reps {
+				var plain bool
+				if b, plain = shapeKey(append(b, '|'), e); !plain {
+					return "", false
+				}
+			}
+		default:
+			return "", false
+		}
+	}
+	return string(b), true
 }

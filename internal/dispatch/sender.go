@@ -24,6 +24,21 @@ import (
 // takes whatever is next. Once stop ends it returns after the call in flight;
 // work ctx bounds that call's follow-up (record, events, acks).
 func (s *Service) sendLoop(stop, work context.Context) {
+	// Outcomes (records, events, acks) are stored by one goroutine in call
+	// order, while the next call is made: ThingSpace's answer time and the
+	// store's overlap, and one subject's events keep the calls' order.
+	// Unbuffered: one batch stored while the next is called, which with
+	// the open batch fits the default MAX_ACK_PENDING of three batches.
+	outcomes := make(chan func())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for f := range outcomes {
+			f()
+		}
+	}()
+	s.later = func(f func()) { outcomes <- f }
+	defer func() { close(outcomes); <-done }()
 	for {
 		if !s.awaitReady(stop) {
 			return
@@ -107,12 +122,12 @@ func (s *Service) submit(stop, work context.Context, k batch.Key, opts command.O
 	reqID, err := s.call(stop, work, k, opts, g.devices, haveToken)
 	switch {
 	case err == nil:
-		s.accepted(work, k, g, reqID)
+		s.later(func() { s.accepted(work, k, g, reqID) })
 	case isDeviceRefusal(err) && len(g.devices) > 1:
 		// Devices the answer names are rejected alone; without names, halve.
 		named, rest := splitNamed(err, g)
 		if len(named.devices) > 0 && len(rest.devices) > 0 {
-			s.rejected(work, k, named, err)
+			s.later(func() { s.rejected(work, k, named, err) })
 			s.submit(stop, work, k, opts, rest, false)
 			return
 		}
@@ -120,9 +135,9 @@ func (s *Service) submit(stop, work context.Context, k batch.Key, opts command.O
 		s.submit(stop, work, k, opts, g.sub(g.devices[:half]), false)
 		s.submit(stop, work, k, opts, g.sub(g.devices[half:]), false)
 	case thingspace.IsPermanent(err) && isBadRequest(err):
-		s.rejected(work, k, g, err)
+		s.later(func() { s.rejected(work, k, g, err) })
 	default:
-		s.failedCall(work, k, g, err)
+		s.later(func() { s.failedCall(work, k, g, err) })
 	}
 }
 

@@ -68,6 +68,7 @@ type Service struct {
 	wake    chan struct{}
 
 	registered map[string]bool // accounts whose callback URL is registered
+	later      func(func())    // queues a call's outcome for the outcome goroutine (sendLoop's)
 	batches    atomic.Int64    // calls that got a requestId
 }
 
