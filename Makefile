@@ -3,7 +3,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 NATS_CLI    := github.com/nats-io/natscli/nats@v0.5.0
 GO_TEST_FLAGS ?= -race -count=1 -timeout 20m
 
-.PHONY: all build test test-chaos test-short lint vet staticcheck archtest bench dev nats up down fmt tidy clean
+.PHONY: all build test test-chaos test-short lint vet staticcheck archtest bench dev demo-esimctl nats up down fmt tidy clean
 
 all: build
 
@@ -46,6 +46,14 @@ bench:
 
 dev:
 	go run ./cmd/devstack
+
+## demo-esimctl: with `make dev` running in another terminal, enable the 20 SIMs of
+## examples/devices.csv (one has a bad ICCID: exit 1 is the expected end), then show one SIM.
+demo-esimctl:
+	go build -o bin/esimctl ./cmd/esimctl
+	bin/esimctl submit --action enable --account 0000123456-00001 \
+		--smsr-oid 1.3.6.1.4.1.31746.1.500.200.101.5 examples/devices.csv || test $$? -eq 1
+	bin/esimctl status 89148000000000000101
 
 ## nats: the pinned NATS CLI as bin/nats.
 nats:
