@@ -115,6 +115,10 @@ Exit codes: 0 every device succeeded, 1 some did not (or the run could not be fo
 
 NATS: --nats-url / NATS_URL, --nats-creds / NATS_CREDS, or a NATS CLI context
 (--context / NATS_CONTEXT; NATS_URL, NATS_CREDS and the flags override it).`,
+		Example: `  esimctl submit --action disable --account 0000123456-00001 \
+      --smsr-oid 1.3.6.1.4.1.31746.1.500.200.101.5 devices.csv
+  esimctl watch 3f9c2a0d11b7e845
+  esimctl status 89148000000000000101`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {

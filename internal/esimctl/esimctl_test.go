@@ -88,6 +88,28 @@ func TestASpreadsheetOfSIMsEndsWithAResultsRowPerSIM(t *testing.T) {
 		require.Equal(t, string(want), string(got))
 	})
 
+	t.Run("a chunk whose publish was not recorded is published again, once", func(t *testing.T) {
+		// As if the first submit had died between publishing chunk 1 and
+		// recording it: the resubmission publishes chunk 1 alone, and the
+		// stream's duplicate window keeps it from ThingSpace.
+		kv, err := s.js.KeyValue(context.Background(), esimctl.RunBucket)
+		require.NoError(t, err)
+		require.NoError(t, kv.Delete(context.Background(), run+".chunk.1"))
+		calls := len(s.sim.Calls())
+		seen := s.commandsSeen()
+		out := filepath.Join(s.dir, "results-resumed.csv")
+		again := s.esimctl(context.Background(), append(submit, "--out", out, file)...)
+		require.Equal(t, esimctl.ExitNotAll, again.code, again.stderr)
+		require.Contains(t, again.stderr, "published 1 commands (1000 devices) to thingspace.profile.commands.enable; 2 were published before")
+		require.Equal(t, 1, seen())
+		require.Equal(t, calls, len(s.sim.Calls()), "the duplicate window kept it from ThingSpace")
+		got, err := os.ReadFile(out)
+		require.NoError(t, err)
+		require.Equal(t, string(want), string(got))
+		_, err = kv.Get(context.Background(), run+".chunk.1")
+		require.NoError(t, err, "recorded now")
+	})
+
 	t.Run("watch gives the same file", func(t *testing.T) {
 		out3 := filepath.Join(s.dir, "results-3.csv")
 		w := s.esimctl(context.Background(), "watch", run, "--out", out3)
