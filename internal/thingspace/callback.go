@@ -87,10 +87,21 @@ func ParseCallback(body []byte) (*Callback, error) {
 	if trimmed[0] != '{' {
 		return nil, fmt.Errorf("%w: want a JSON object, got %s", ErrCallback, describeJSON(trimmed))
 	}
+	// Most callbacks are plain: one decoding pass into typed fields. Only
+	// when that fails do the tolerant conversions below run (trailing
+	// commas, numbers for strings, arrays for objects).
+	if c, ok := parsePlain(trimmed); ok {
+		if err := c.check(); err != nil {
+			return nil, err
+		}
+		return c, nil
+	}
+	return parseTolerant(trimmed)
+}
+
+// parseTolerant is ParseCallback for bodies of unusual shape.
+func parseTolerant(trimmed []byte) (*Callback, error) {
 	var w wireCallback
-	// Most callbacks are plain JSON: decode them as they are, and only
-	// copy and strip trailing commas (the delete page's quirk) when that
-	// fails, so the common case scans the body once.
 	if err := json.Unmarshal(trimmed, &w); err != nil {
 		w = wireCallback{}
 		if err := json.Unmarshal(bytes.TrimSpace(StripTrailingCommas(trimmed)), &w); err != nil {
@@ -117,21 +128,109 @@ func ParseCallback(body []byte) (*Callback, error) {
 	if c.FaultResponse, err = parseFault(w.FaultResponse); err != nil {
 		return nil, err
 	}
+	if err := c.check(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// check holds a parsed callback to what an event needs.
+func (c *Callback) check() error {
 	if c.RequestID == "" {
-		return nil, fmt.Errorf("%w: requestId is missing", ErrCallback)
+		return fmt.Errorf("%w: requestId is missing", ErrCallback)
 	}
 	switch {
 	case strings.EqualFold(c.Status, CallbackSuccess), strings.EqualFold(c.Status, CallbackFailed),
 		strings.EqualFold(c.Status, CallbackWarning):
 	case c.Status == "":
-		return nil, fmt.Errorf("%w: status is missing", ErrCallback)
+		return fmt.Errorf("%w: status is missing", ErrCallback)
 	default:
-		return nil, fmt.Errorf("%w: unknown status %q (want Success, Failed or warning)", ErrCallback, truncate(c.Status, 40))
+		return fmt.Errorf("%w: unknown status %q (want Success, Failed or warning)", ErrCallback, truncate(c.Status, 40))
 	}
 	if len(c.Identifiers()) == 0 {
-		return nil, fmt.Errorf("%w: no device identifier in deviceIds or deviceIdentifierCollection", ErrCallback)
+		return fmt.Errorf("%w: no device identifier in deviceIds or deviceIdentifierCollection", ErrCallback)
 	}
-	return c, nil
+	return nil
+}
+
+// plainID is an identifier as ThingSpace usually sends it: two strings.
+type plainID struct {
+	Kind string `json:"kind"`
+	ID   string `json:"id"`
+}
+
+// plainCallback is a callback in its usual shape, decoded in one pass.
+type plainCallback struct {
+	Username       string    `json:"username"`
+	Password       string    `json:"password"`
+	RequestID      string    `json:"requestId"`
+	DeviceIDs      []plainID `json:"deviceIds"`
+	DeviceResponse *struct {
+		DeviceProfileResponse *struct {
+			DeviceProfileResponse
+			// Shadows the embedded field: plain strings, no per-id decoder.
+			DeviceIdentifierCollection []plainID `json:"deviceIdentifierCollection"`
+		} `json:"deviceProfileResponse"`
+	} `json:"deviceResponse"`
+	FaultResponse        *FaultResponse `json:"faultResponse"`
+	Status               string         `json:"status"`
+	CallbackCount        json.Number    `json:"callbackCount"`
+	MaxCallbackThreshold json.Number    `json:"maxCallbackThreshold"`
+}
+
+// parsePlain decodes a callback of the usual shape; false sends the body to
+// the tolerant path.
+func parsePlain(body []byte) (*Callback, bool) {
+	var w plainCallback
+	if err := json.Unmarshal(body, &w); err != nil {
+		return nil, false
+	}
+	count, err1 := plainInt(w.CallbackCount)
+	max, err2 := plainInt(w.MaxCallbackThreshold)
+	if err1 != nil || err2 != nil {
+		return nil, false
+	}
+	c := &Callback{
+		Username:             w.Username,
+		Password:             w.Password,
+		RequestID:            strings.TrimSpace(w.RequestID),
+		DeviceIDs:            plainIDs(w.DeviceIDs),
+		FaultResponse:        w.FaultResponse,
+		Status:               strings.TrimSpace(w.Status),
+		CallbackCount:        count,
+		MaxCallbackThreshold: max,
+	}
+	if w.DeviceResponse != nil {
+		c.DeviceResponse = &DeviceResponse{}
+		if p := w.DeviceResponse.DeviceProfileResponse; p != nil {
+			dpr := p.DeviceProfileResponse
+			dpr.DeviceIdentifierCollection = plainIDs(p.DeviceIdentifierCollection)
+			c.DeviceResponse.DeviceProfileResponse = &dpr
+		}
+	}
+	return c, true
+}
+
+func plainIDs(in []plainID) []DeviceID {
+	if in == nil {
+		return nil
+	}
+	out := make([]DeviceID, len(in))
+	for i, id := range in {
+		out[i] = DeviceID{Kind: strings.ToLower(strings.TrimSpace(id.Kind)), ID: strings.TrimSpace(id.ID)}
+	}
+	return out
+}
+
+func plainInt(n json.Number) (int, error) {
+	if n == "" {
+		return 0, nil
+	}
+	v, err := strconv.Atoi(string(n))
+	if err == nil && v < 0 {
+		err = errors.New("negative") // the tolerant path words the error
+	}
+	return v, err
 }
 
 // wireCallback is the callback as sent, before the tolerant conversions.
