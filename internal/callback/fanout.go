@@ -166,10 +166,7 @@ func (f *fanout) receivedAt(msg *message.Message) time.Time {
 // callback of the same request must not become the device's latest state.
 // The check and the store are tied by Nats-Expected-Last-Subject-Sequence.
 func (f *fanout) publish(ctx context.Context, ev status.Event) error {
-	body, err := json.Marshal(ev)
-	if err != nil {
-		return fmt.Errorf("encode event: %w", err)
-	}
+	body := ev.AppendJSON(make([]byte, 0, 1024))
 	subject := ev.Subject()
 	for attempt := 0; ; attempt++ {
 		msg := &nats.Msg{Subject: subject, Data: body, Header: nats.Header{nats.MsgIdHdr: []string{ev.EventID}}}

@@ -195,12 +195,8 @@ func (s *Service) publish(ctx context.Context, evs []status.Event) error {
 
 // eventMsg is ev as a NATS message.
 func eventMsg(ev status.Event) (*nats.Msg, error) {
-	body, err := json.Marshal(ev)
-	if err != nil {
-		return nil, err
-	}
 	m := nats.NewMsg(ev.Subject())
-	m.Data = body
+	m.Data = ev.AppendJSON(make([]byte, 0, 512))
 	m.Header.Set(nats.MsgIdHdr, ev.EventID)
 	m.Header.Set(jetstream.ExpectedStreamHeader, broker.StatusStream)
 	return m, nil
