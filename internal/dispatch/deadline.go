@@ -39,23 +39,10 @@ func (s *Service) scheduleDeadline(ctx context.Context, reqID, action, account s
 	m := nats.NewMsg(broker.DeadlineSubject)
 	m.Data = body
 	m.Header.Set(nats.MsgIdHdr, "deadline-"+reqID)
-	wait := 100 * time.Millisecond
-	for {
-		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		_, err := s.js.PublishMsg(pctx, m)
-		cancel()
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(wait):
-		}
-		if wait < 2*time.Second {
-			wait *= 2
-		}
-	}
+	return s.persist(ctx, "deadline of "+reqID, func(ctx context.Context) error {
+		_, err := s.js.PublishMsg(ctx, m)
+		return err
+	})
 }
 
 // watchDeadlines consumes due deadlines until ctx ends.

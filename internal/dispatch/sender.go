@@ -294,15 +294,22 @@ func (s *Service) accepted(ctx context.Context, k batch.Key, g group, reqID stri
 
 // putRecord stores rec, trying again while NATS is away, until ctx ends.
 func (s *Service) putRecord(ctx context.Context, rec *correlation.Record) error {
+	return s.persist(ctx, "requestId record "+rec.RequestID, func(ctx context.Context) error { return s.store.Put(ctx, rec) })
+}
+
+// persist runs one store operation (10-second attempts) until it succeeds
+// or ctx ends, backing off up to 2 s: NATS away for a while must not lose
+// an outcome ThingSpace already has.
+func (s *Service) persist(ctx context.Context, what string, op func(context.Context) error) error {
 	wait := 100 * time.Millisecond
 	for {
-		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := s.store.Put(pctx, rec)
+		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := op(actx)
 		cancel()
 		if err == nil {
 			return nil
 		}
-		s.log.Warn().Err(err).Str(observability.FieldRequestID, rec.RequestID).Msg("requestId record not stored yet")
+		s.log.Warn().Err(err).Str("what", what).Msg("not stored yet; trying again")
 		select {
 		case <-ctx.Done():
 			return err
