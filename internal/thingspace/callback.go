@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	gojson "github.com/goccy/go-json"
 	"strconv"
 	"strings"
 )
@@ -182,7 +183,7 @@ type plainCallback struct {
 // the tolerant path.
 func parsePlain(body []byte) (*Callback, bool) {
 	var w plainCallback
-	if err := json.Unmarshal(body, &w); err != nil {
+	if err := gojson.Unmarshal(body, &w); err != nil {
 		return nil, false
 	}
 	count, err1 := plainInt(w.CallbackCount)
