@@ -64,7 +64,38 @@ func (f *fanout) handle(msg *message.Message) error {
 	if n := msg.Metadata.Get(HeaderBatch); n != "" {
 		return f.handleBatch(msg, n)
 	}
-	return f.handleOne(msg.Context(), msg.Payload, f.receivedAt(msg))
+	return f.handleOne(msg.Context(), msg.Payload, f.receivedAt(msg), nil)
+}
+
+// pending publishes of one group-committed message's final events.
+type inflight struct {
+	futures  []jetstream.PubAckFuture
+	received []time.Time
+	statuses []status.Status
+}
+
+// await waits for every publish; the first failure asks for a redelivery
+// (the events already stored are found by their eventId next time).
+func (f *fanout) await(ctx context.Context, in *inflight) error {
+	var failed error
+	for i, fut := range in.futures {
+		select {
+		case ack := <-fut.Ok():
+			if ack.Duplicate {
+				f.m.duplicates.Inc()
+			} else {
+				f.m.events.WithLabelValues(string(in.statuses[i])).Inc()
+			}
+			f.m.lag.Observe(f.now().Sub(in.received[i]).Seconds())
+		case err := <-fut.Err():
+			if failed == nil {
+				failed = retry("nats", fmt.Errorf("store event on %s: %w", fut.Msg().Subject, err))
+			}
+		case <-ctx.Done():
+			return retry("nats", ctx.Err())
+		}
+	}
+	return failed
 }
 
 // handleBatch turns every callback of a group-committed message into its
@@ -78,12 +109,15 @@ func (f *fanout) handleBatch(msg *message.Message, n string) error {
 		return err // the whole message to the dead letters: its bytes are kept
 	}
 	var wait error
+	// Final events go out together and are awaited together: one round
+	// trip for the message, not one per callback.
+	in := &inflight{}
 	for _, it := range items {
 		received := f.now()
 		if t, err := time.Parse(time.RFC3339Nano, it.ReceivedAt); err == nil {
 			received = t
 		}
-		err := f.handleOne(msg.Context(), it.Body, received)
+		err := f.handleOne(msg.Context(), it.Body, received, in)
 		switch {
 		case err == nil:
 		case isPermanent(err):
@@ -100,11 +134,16 @@ func (f *fanout) handleBatch(msg *message.Message, n string) error {
 			wait = err
 		}
 	}
+	ctx, cancel := context.WithTimeout(msg.Context(), f.timeout)
+	defer cancel()
+	if err := f.await(ctx, in); err != nil && wait == nil {
+		wait = err
+	}
 	return wait
 }
 
 // handleOne turns one stored callback into its event.
-func (f *fanout) handleOne(parent context.Context, body []byte, receivedAt time.Time) error {
+func (f *fanout) handleOne(parent context.Context, body []byte, receivedAt time.Time, in *inflight) error {
 	cb, err := thingspace.ParseCallback(body)
 	if err != nil {
 		f.m.parseFailures.Inc()
@@ -134,6 +173,17 @@ func (f *fanout) handleOne(parent context.Context, body []byte, receivedAt time.
 	ev := buildEvent(cb, st, rec, receivedAt)
 	if rec == nil {
 		f.m.uncorrelated.Inc()
+	}
+	if in != nil && ev.Final {
+		m := &nats.Msg{Subject: ev.Subject(), Data: ev.AppendJSON(make([]byte, 0, 1024)), Header: nats.Header{nats.MsgIdHdr: []string{ev.EventID}}}
+		fut, err := f.js.PublishMsgAsync(m)
+		if err != nil {
+			return retry("nats", fmt.Errorf("store event on %s: %w", m.Subject, err))
+		}
+		in.futures = append(in.futures, fut)
+		in.received = append(in.received, receivedAt)
+		in.statuses = append(in.statuses, ev.Status)
+		return nil
 	}
 	if err := f.publish(ctx, ev); err != nil {
 		return err
