@@ -248,9 +248,6 @@ func (s *Service) scope(account string) string {
 	return "fleet"
 }
 
-// Handler is the admin mux, for tests that want to read /metrics without a listener.
-func (s *Service) Registry() *prometheus.Registry { return s.reg }
-
 func (s *Service) setup(ctx context.Context) (jetstream.Consumer, error) {
 	settings := broker.StreamSettings{Replicas: s.cfg.StreamReplicas}
 	if err := broker.Ensure(ctx, s.js, settings); err != nil {
@@ -301,13 +298,7 @@ func (s *Service) keepAlive(ctx context.Context, cons jetstream.Consumer) {
 			return
 		case <-t.C:
 		}
-		s.mu.Lock()
-		held := make([]*pending, 0, len(s.held))
-		for p := range s.held {
-			held = append(held, p)
-		}
-		s.mu.Unlock()
-		for _, p := range held {
+		for _, p := range s.heldNow() {
 			if !p.finished.Load() {
 				_ = p.msg.InProgress()
 			}
@@ -416,15 +407,23 @@ func (s *Service) handBack(p *pending, delay time.Duration) {
 	s.m.commands.WithLabelValues("handed_back").Inc()
 }
 
-// handBackAll naks every command still held, at shutdown.
-func (s *Service) handBackAll() {
+// heldNow lists the commands held at this moment.
+func (s *Service) heldNow() []*pending {
 	s.mu.Lock()
-	s.batcher.Drain()
+	defer s.mu.Unlock()
 	held := make([]*pending, 0, len(s.held))
 	for p := range s.held {
 		held = append(held, p)
 	}
+	return held
+}
+
+// handBackAll naks every command still held, at shutdown.
+func (s *Service) handBackAll() {
+	s.mu.Lock()
+	s.batcher.Drain()
 	s.mu.Unlock()
+	held := s.heldNow()
 	for _, p := range held {
 		s.handBack(p, 0)
 	}

@@ -47,25 +47,11 @@ func (e Event) AppendJSON(b []byte) []byte {
 }
 
 func appendDevice(b []byte, d device.Set) []byte {
-	b = append(b, '{')
-	first := true
-	for _, f := range [...]struct{ k, v string }{{"eid", d.EID}, {"iccid", d.ICCID}, {"imei", d.IMEI}, {"mdn", d.MDN}, {"msisdn", d.MSISDN}} {
-		if f.v == "" {
-			continue
-		}
-		if !first {
-			b = append(b, ',')
-		}
-		first = false
-		b = appendString(append(appendString(b, f.k), ':'), f.v)
-	}
-	return append(b, '}')
+	return appendFields(b, []field{{"eid", d.EID}, {"iccid", d.ICCID}, {"imei", d.IMEI}, {"mdn", d.MDN}, {"msisdn", d.MSISDN}})
 }
 
 func appendProfile(b []byte, p *Profile) []byte {
-	b = append(b, '{')
-	first := true
-	for _, f := range [...]struct{ k, v string }{
+	return appendFields(b, []field{
 		{"state", p.State}, {"profileStatus", p.ProfileStatus}, {"profileRole", p.ProfileRole},
 		{"servicePlan", p.ServicePlan}, {"smsrOid", p.SmsrOid}, {"euiccStatus", p.EuiccStatus},
 		{"euiccStatusCode", p.EuiccStatusCode}, {"euiccStatusDesc", p.EuiccStatusDesc},
@@ -73,7 +59,18 @@ func appendProfile(b []byte, p *Profile) []byte {
 		{"euiccSubAddressUpdateStatusCode", p.EuiccSubAddressUpdateStatusCode},
 		{"euiccSubAddressUpdateStatusDesc", p.EuiccSubAddressUpdateStatusDesc},
 		{"ipAddress", p.IPAddress},
-	} {
+	})
+}
+
+// field is one string member of a JSON object, left out when empty
+// (omitempty).
+type field struct{ k, v string }
+
+// appendFields appends an object of the non-empty fields, in order.
+func appendFields(b []byte, fs []field) []byte {
+	b = append(b, '{')
+	first := true
+	for _, f := range fs {
 		if f.v == "" {
 			continue
 		}
