@@ -251,7 +251,7 @@ func (s *service) start(ctx context.Context) (nc, fanConn *nats.Conn, router *me
 		return nil, nil, nil, nil, e
 	}
 	s.readiness.Store(broker.NewReadiness(nc))
-	js, err := jetstream.New(nc)
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(s.cfg.StoreTimeout))
 	if err != nil {
 		return fail(err)
 	}

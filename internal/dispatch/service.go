@@ -131,7 +131,9 @@ func (s *Service) Run(ctx context.Context) error {
 	defer nc.Close()
 	s.nc = nc
 	s.ready = broker.NewReadiness(nc)
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
+	// An async publish whose ack never comes (a stream leader lost with it
+	// in flight) must fail and be sent again, not hang its batch forever.
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096), jetstream.WithPublishAsyncTimeout(10*time.Second))
 	if err != nil {
 		return err
 	}
