@@ -28,6 +28,7 @@ type loadRun struct {
 	res       loadResult
 	events    float64 // events stored per second during the window
 	eventsWin uint64
+	rawWin    uint64        // raw messages stored in the callback stream during the window
 	backlog   uint64        // callbacks not yet fanned out at the window's end
 	drain     time.Duration // from the window's end until nothing was left
 	drained   bool
@@ -106,7 +107,7 @@ func (b *bench) runIngest(ctx context.Context, name string, l ingestLaunch) (loa
 		return r, err
 	}
 	var meter *cpuMeter
-	var ev0, ev1 uint64
+	var ev0, ev1, raw0, raw1 uint64
 	var t0, t1 time.Time
 	spec := loadSpec{
 		addr: addr, conns: b.s.conns, rate: l.rate, warmup: b.s.warmup, window: b.s.load,
@@ -114,12 +115,14 @@ func (b *bench) runIngest(ctx context.Context, name string, l ingestLaunch) (loa
 			meter = newCPUMeter(map[string]int{"nats-server": ns.pid(), "ingest": p.pid()})
 			t0 = time.Now()
 			ev0, _ = streamMsgs(ctx, js, broker.StatusStream)
+			raw0, _ = streamMsgs(ctx, js, broker.CallbackStream)
 			if l.onStart != nil {
 				l.onStart(ns, b.s.load)
 			}
 		},
 		onEnd: func() {
 			ev1, _ = streamMsgs(ctx, js, broker.StatusStream)
+			raw1, _ = streamMsgs(ctx, js, broker.CallbackStream)
 			t1 = time.Now()
 			if meter != nil {
 				r.cores = meter.cores()
@@ -137,6 +140,7 @@ func (b *bench) runIngest(ctx context.Context, name string, l ingestLaunch) (loa
 	r.natsRSS, _ = peakRSS(ns.pid())
 	if l.kind != ingestBaseline && !t1.IsZero() {
 		r.eventsWin = ev1 - ev0
+		r.rawWin = raw1 - raw0
 		r.events = float64(ev1-ev0) / t1.Sub(t0).Seconds()
 		r.backlog, r.drain, r.drained = b.awaitFanout(ctx, js, t1)
 	}
@@ -182,6 +186,9 @@ func (r loadRun) info(name string, k ingestKind) runInfo {
 	}
 	x.notes = fmt.Sprintf("p50 %s, p99 %s, max %s", ms(percentile(r.res.lat, 0.5)), ms(percentile(r.res.lat, 0.99)), ms(percentile(r.res.lat, 1)))
 	if k != ingestBaseline {
+		if r.rawWin > 0 {
+			x.notes += fmt.Sprintf("; raw messages stored %s (%.1f callbacks each)", count(r.rawWin), float64(r.res.ok)/float64(r.rawWin))
+		}
 		x.notes += fmt.Sprintf("; events %s in the window (%s); fan-out backlog at the end %s", count(r.eventsWin), perSec(r.events), count(r.backlog))
 		if r.drained {
 			x.notes += fmt.Sprintf(", drained %s later", r.drain.Round(10*time.Millisecond))

@@ -6,38 +6,72 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/esim-pipeline/thingspace-esim/internal/broker"
 )
 
-// HeaderBatch marks a raw message that carries several callbacks stored
-// together (group commit); its value is how many.
-const HeaderBatch = "Callback-Batch"
+// Headers of a raw message in the callback stream beyond those of one
+// callback.
+const (
+	// HeaderBatch marks a raw message that carries several callbacks
+	// stored together (group commit); its value is how many.
+	HeaderBatch = "Callback-Batch"
+	// HeaderBatchID names one stored message of one ingest instance; the
+	// fan-out of the same instance finds the parsed callbacks under it.
+	HeaderBatchID = "Callback-Batch-Id"
+)
 
 // committer stores callbacks in the callback stream with group commit: a
 // worker takes one callback, adds every other one already waiting (up to
 // maxBatch callbacks or maxBytes), and stores them as one message. Under
 // light load each callback is stored alone, as it came; under heavy load
-// one fsync (sync_interval: always) acknowledges many callbacks, so the
-// intake answers more of them than the disk does writes.
+// one store (one fsync with sync_interval: always) acknowledges many
+// callbacks, so the intake answers more of them than the disk does writes.
+//
+// What the intake parsed goes into the hand-off under the message's batch
+// id before the store, so that the fan-out of this instance turns the
+// stored message into events without parsing it again.
 type committer struct {
 	js       func() jetstream.JetStream
-	in       chan *storeReq
+	in       chan *pending
 	maxBatch int
 	maxBytes int
 	timeout  time.Duration
 	m        *metrics
+	handoff  *handoff
+	idPrefix string
+	seq      atomic.Uint64
+	pool     sync.Pool // of *pending
 }
 
-type storeReq struct {
-	msg  *nats.Msg
-	done chan error
+// pending is one callback on its way to the stream: its bytes as received
+// (valid until the intake's handler returns, which is after the store),
+// when it came, the message id of its fact and what the intake parsed.
+type pending struct {
+	body       []byte
+	receivedAt time.Time
+	msgID      string
+	requestID  string
+	parsed     *parsedCallback
+	done       chan error
 }
 
-func newCommitter(js func() jetstream.JetStream, workers, maxBatch int, timeout time.Duration, m *metrics) *committer {
-	return &committer{js: js, in: make(chan *storeReq, workers*maxBatch), maxBatch: maxBatch, maxBytes: 768 << 10, timeout: timeout, m: m}
+func newCommitter(js func() jetstream.JetStream, workers, maxBatch int, timeout time.Duration, m *metrics, h *handoff) *committer {
+	return &committer{
+		js: js, in: make(chan *pending, workers*maxBatch), maxBatch: maxBatch, maxBytes: 768 << 10,
+		timeout: timeout, m: m, handoff: h, idPrefix: newInstanceID() + "-",
+	}
+}
+
+// newInstanceID is a short random name of this process's batches.
+func newInstanceID() string {
+	return nats.NewInbox()[len(nats.InboxPrefix):]
 }
 
 // run serves stores with workers goroutines until ctx ends.
@@ -47,73 +81,111 @@ func (c *committer) run(ctx context.Context, workers int) {
 	}
 }
 
-// store keeps msg (one raw callback) and returns once JetStream acknowledged
-// it, or why not.
-func (c *committer) store(ctx context.Context, msg *nats.Msg) error {
-	r := &storeReq{msg: msg, done: make(chan error, 1)}
+// get returns an empty pending to fill and pass to store.
+func (c *committer) get() *pending {
+	if p, ok := c.pool.Get().(*pending); ok {
+		return p
+	}
+	return &pending{done: make(chan error, 1)}
+}
+
+// store keeps p (one raw callback) and returns once JetStream acknowledged
+// it, or why not. The worker's publish has its own time limit; ctx only
+// ends the wait (the client went away).
+func (c *committer) store(ctx context.Context, p *pending) error {
 	select {
-	case c.in <- r:
+	case c.in <- p:
 	case <-ctx.Done():
 		return ctx.Err()
 	}
 	select {
-	case err := <-r.done:
+	case err := <-p.done:
+		*p = pending{done: p.done}
+		c.pool.Put(p) // nobody else holds it any more
 		return err
 	case <-ctx.Done():
-		return ctx.Err()
+		return ctx.Err() // the worker still answers on p.done; p is left to the GC
 	}
 }
 
 func (c *committer) worker(ctx context.Context) {
-	batch := make([]*storeReq, 0, c.maxBatch)
+	batch := make([]*pending, 0, c.maxBatch)
+	var frame []byte
 	for {
 		batch = batch[:0]
 		select {
 		case <-ctx.Done():
 			return
-		case r := <-c.in:
-			batch = append(batch, r)
+		case p := <-c.in:
+			batch = append(batch, p)
 		}
-		size := len(batch[0].msg.Data)
+		size := len(batch[0].body)
 	fill:
 		for len(batch) < c.maxBatch && size < c.maxBytes {
 			select {
-			case r := <-c.in:
-				batch = append(batch, r)
-				size += len(r.msg.Data)
+			case p := <-c.in:
+				batch = append(batch, p)
+				size += len(p.body)
 			default:
 				break fill
 			}
 		}
-		err := c.publish(ctx, batch)
-		for _, r := range batch {
-			r.done <- err
+		var err error
+		frame, err = c.publish(ctx, batch, frame)
+		for _, p := range batch {
+			p.done <- err
 		}
 	}
 }
 
-func (c *committer) publish(ctx context.Context, batch []*storeReq) error {
+// publish stores batch as one message. frame is the worker's buffer for
+// the group-committed body, returned for reuse: nats.go has copied it when
+// PublishMsg returns.
+func (c *committer) publish(ctx context.Context, batch []*pending, frame []byte) ([]byte, error) {
 	js := c.js()
 	if js == nil {
-		return errors.New("not connected to NATS")
+		return frame, errors.New("not connected to NATS")
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.timeout)
 	defer cancel()
+	id := c.idPrefix + strconv.FormatUint(c.seq.Add(1), 36)
+	parsed := make([]*parsedCallback, len(batch))
+	for i, p := range batch {
+		parsed[i] = p.parsed
+	}
+	c.handoff.put(id, parsed)
+	var msg *nats.Msg
 	if len(batch) == 1 {
-		_, err := js.PublishMsg(ctx, batch[0].msg)
-		return err
+		p := batch[0]
+		msg = &nats.Msg{Subject: broker.CallbackSubject, Data: p.body, Header: nats.Header{
+			HeaderReceivedAt:    []string{formatReceived(p.receivedAt)},
+			HeaderCorrelationID: []string{p.requestID},
+			// One fact (requestId, device, status) is stored once:
+			// ThingSpace's resends differ only in callbackCount.
+			nats.MsgIdHdr: []string{p.msgID},
+			HeaderBatchID: []string{id},
+		}}
+	} else {
+		c.m.groupCommit.Observe(float64(len(batch)))
+		frame = appendBatch(frame[:0], batch)
+		msg = &nats.Msg{Subject: broker.CallbackSubject, Data: frame, Header: nats.Header{
+			HeaderBatch:      []string{strconv.Itoa(len(batch))},
+			HeaderReceivedAt: []string{formatReceived(batch[0].receivedAt)},
+			HeaderBatchID:    []string{id},
+		}}
 	}
-	c.m.groupCommit.Observe(float64(len(batch)))
-	msgs := make([]*nats.Msg, len(batch))
-	for i, r := range batch {
-		msgs[i] = r.msg
+	ack, err := js.PublishMsg(ctx, msg)
+	if err != nil || ack.Duplicate {
+		c.handoff.take(id) // nothing will be delivered under this id
 	}
-	env := &nats.Msg{Subject: batch[0].msg.Subject, Data: encodeBatch(msgs), Header: nats.Header{}}
-	env.Header.Set(HeaderBatch, strconv.Itoa(len(batch)))
-	env.Header.Set(HeaderReceivedAt, batch[0].msg.Header.Get(HeaderReceivedAt))
-	_, err := js.PublishMsg(ctx, env)
-	return err
+	if cap(frame) > 4<<20 {
+		frame = nil // do not keep a rare giant
+	}
+	return frame, err
 }
+
+// formatReceived is the Callback-Received-At value of t.
+func formatReceived(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
 
 // rawCallback is one callback as stored: its bytes and the headers the
 // intake gave it.
@@ -123,24 +195,25 @@ type rawCallback struct {
 	MsgID      string
 }
 
-// encodeBatch frames callbacks: for each, the received-at header, the
+// appendBatch frames callbacks: for each, the received-at time, the
 // message id and the body, each as a uvarint length and its bytes.
-func encodeBatch(msgs []*nats.Msg) []byte {
-	n := 0
-	for _, m := range msgs {
-		n += len(m.Data) + 64
-	}
-	out := make([]byte, 0, n)
-	for _, m := range msgs {
-		for _, part := range [][]byte{[]byte(m.Header.Get(HeaderReceivedAt)), []byte(m.Header.Get(nats.MsgIdHdr)), m.Data} {
-			out = binary.AppendUvarint(out, uint64(len(part)))
-			out = append(out, part...)
-		}
+func appendBatch(out []byte, batch []*pending) []byte {
+	var ts [64]byte
+	for _, p := range batch {
+		out = appendPart(out, p.receivedAt.UTC().AppendFormat(ts[:0], time.RFC3339Nano))
+		out = binary.AppendUvarint(out, uint64(len(p.msgID)))
+		out = append(out, p.msgID...)
+		out = appendPart(out, p.body)
 	}
 	return out
 }
 
-// decodeBatch reads what encodeBatch wrote.
+func appendPart(out, part []byte) []byte {
+	out = binary.AppendUvarint(out, uint64(len(part)))
+	return append(out, part...)
+}
+
+// decodeBatch reads what appendBatch wrote; the bodies are slices of data.
 func decodeBatch(data []byte, want int) ([]rawCallback, error) {
 	out := make([]rawCallback, 0, want)
 	for len(data) > 0 {
@@ -159,4 +232,78 @@ func decodeBatch(data []byte, want int) ([]rawCallback, error) {
 		return nil, fmt.Errorf("callback batch holds %d callbacks, its header says %d", len(out), want)
 	}
 	return out, nil
+}
+
+// handoff holds what the intake parsed of each stored message until the
+// fan-out of this instance takes it. A message the consumer hands to
+// another instance (or after a restart) is simply parsed there again; so
+// entries are also dropped oldest first past maxItems callbacks or maxAge.
+type handoff struct {
+	maxItems int
+	maxAge   time.Duration
+	now      func() time.Time
+
+	mu    sync.Mutex
+	m     map[string][]*parsedCallback
+	queue []handoffKey // in put order; ids already taken are skipped
+	items int
+}
+
+type handoffKey struct {
+	id string
+	at time.Time
+}
+
+func newHandoff(maxItems int, maxAge time.Duration) *handoff {
+	return &handoff{maxItems: maxItems, maxAge: maxAge, now: time.Now, m: make(map[string][]*parsedCallback)}
+}
+
+func (h *handoff) put(id string, items []*parsedCallback) {
+	if h == nil || h.maxItems <= 0 {
+		return
+	}
+	now := h.now()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.m[id] = items
+	h.items += len(items)
+	h.queue = append(h.queue, handoffKey{id: id, at: now})
+	for len(h.queue) > 0 {
+		k := h.queue[0]
+		v, live := h.m[k.id]
+		if live && h.items <= h.maxItems && now.Sub(k.at) < h.maxAge {
+			break
+		}
+		if live {
+			delete(h.m, k.id)
+			h.items -= len(v)
+		}
+		h.queue[0] = handoffKey{}
+		h.queue = h.queue[1:]
+	}
+}
+
+// get returns the parsed callbacks stored under id, or nil.
+func (h *handoff) get(id string) []*parsedCallback {
+	if h == nil || id == "" {
+		return nil
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.m[id]
+}
+
+// take removes id's entry and returns it.
+func (h *handoff) take(id string) []*parsedCallback {
+	if h == nil || id == "" {
+		return nil
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	v, ok := h.m[id]
+	if ok {
+		delete(h.m, id)
+		h.items -= len(v)
+	}
+	return v
 }

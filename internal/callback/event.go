@@ -14,6 +14,21 @@ import (
 // and whose callback does not say which action it answers.
 const UnknownAction = "unknown"
 
+// parsedCallback is what the intake read of one callback, handed to the
+// fan-out with the stored message so that it is read once.
+type parsedCallback struct {
+	cb         *thingspace.Callback
+	status     status.Status
+	known      bool       // the callback's status has an event status
+	said       device.Set // the device the callback names
+	receivedAt time.Time
+}
+
+func parse(cb *thingspace.Callback, receivedAt time.Time) *parsedCallback {
+	st, ok := callbackStatus(cb)
+	return &parsedCallback{cb: cb, status: st, known: ok, said: callbackDevice(cb), receivedAt: receivedAt}
+}
+
 // callbackStatus maps a callback's status (any case) to the event's.
 func callbackStatus(cb *thingspace.Callback) (status.Status, bool) {
 	switch {
@@ -111,8 +126,8 @@ const reasonNoFault = "CALLBACK_FAILED"
 
 // buildEvent makes the status event of one callback. rec may be nil (no
 // record after the grace); receivedAt is when the callback reached us.
-func buildEvent(cb *thingspace.Callback, st status.Status, rec *correlation.Record, receivedAt time.Time) status.Event {
-	said := callbackDevice(cb)
+func buildEvent(pc *parsedCallback, rec *correlation.Record) status.Event {
+	cb, st, said := pc.cb, pc.status, pc.said
 	dev := said
 	ev := status.Event{
 		RequestID:            cb.RequestID,
@@ -121,7 +136,7 @@ func buildEvent(cb *thingspace.Callback, st status.Status, rec *correlation.Reco
 		Profile:              profileOf(cb.Profile()),
 		CallbackCount:        cb.CallbackCount,
 		MaxCallbackThreshold: cb.MaxCallbackThreshold,
-		OccurredAt:           receivedAt.UTC(),
+		OccurredAt:           pc.receivedAt.UTC(),
 	}
 	if rec != nil {
 		ev.Action = rec.Action

@@ -51,6 +51,7 @@ type fanout struct {
 	js      jetstream.JetStream
 	status  jetstream.Stream // the status stream, for last-event reads
 	records *records
+	handoff *handoff // what the intake parsed, by batch id; nil: parse everything
 	grace   time.Duration
 	timeout time.Duration
 	now     func() time.Time
@@ -58,20 +59,40 @@ type fanout struct {
 	log     zerolog.Logger
 }
 
-// handle is the Watermill handler. It returns nil only after the event is
-// stored (or the status stream had it already); the router then acks.
+// handle is the Watermill handler. It returns nil only after the events
+// are stored (or the status stream had them already); the router then acks.
+// A message this instance stored comes with what its intake parsed (the
+// hand-off); any other is parsed here.
 func (f *fanout) handle(msg *message.Message) error {
-	if n := msg.Metadata.Get(HeaderBatch); n != "" {
-		return f.handleBatch(msg, n)
+	id := msg.Metadata.Get(HeaderBatchID)
+	var items []rawCallback
+	grouped := msg.Metadata.Get(HeaderBatch) != ""
+	if grouped {
+		want, _ := strconv.Atoi(msg.Metadata.Get(HeaderBatch))
+		var err error
+		if items, err = decodeBatch(msg.Payload, want); err != nil {
+			return err // the whole message to the dead letters: its bytes are kept
+		}
+	} else {
+		items = []rawCallback{{Body: msg.Payload}}
 	}
-	return f.handleOne(msg.Context(), msg.Payload, f.receivedAt(msg), nil)
+	parsed := f.handoff.get(id)
+	if len(parsed) != len(items) {
+		parsed = nil
+	}
+	err := f.handleItems(msg, items, parsed, grouped)
+	if err == nil || isPermanent(err) {
+		f.handoff.take(id)
+	}
+	return err
 }
 
-// pending publishes of one group-committed message's final events.
+// pending publishes of one message's final events.
 type inflight struct {
 	futures  []jetstream.PubAckFuture
 	received []time.Time
 	statuses []status.Status
+	arena    []byte // the events' bodies, one after the other
 }
 
 // await waits for every publish; the first failure asks for a redelivery
@@ -98,34 +119,34 @@ func (f *fanout) await(ctx context.Context, in *inflight) error {
 	return failed
 }
 
-// handleBatch turns every callback of a group-committed message into its
-// event. A callback that cannot be parsed goes to the dead letters alone;
-// one that must wait (its record, NATS) makes the whole message come back,
-// and the callbacks already done then find their events stored.
-func (f *fanout) handleBatch(msg *message.Message, n string) error {
-	want, _ := strconv.Atoi(n)
-	items, err := decodeBatch(msg.Payload, want)
-	if err != nil {
-		return err // the whole message to the dead letters: its bytes are kept
-	}
+// handleItems turns every callback of a stored message into its event.
+// In a group-committed message, a callback that cannot be parsed goes to
+// the dead letters alone; one that must wait (its record, NATS) makes the
+// whole message come back, and the callbacks already done then find their
+// events stored. Final events go out together and are awaited together:
+// one round trip for the message, not one per callback.
+func (f *fanout) handleItems(msg *message.Message, items []rawCallback, parsed []*parsedCallback, grouped bool) error {
 	var wait error
-	// Final events go out together and are awaited together: one round
-	// trip for the message, not one per callback.
 	in := &inflight{}
-	for _, it := range items {
-		received := f.now()
-		if t, err := time.Parse(time.RFC3339Nano, it.ReceivedAt); err == nil {
-			received = t
+	ctx, cancel := context.WithTimeout(msg.Context(), f.timeout)
+	defer cancel()
+	for i, it := range items {
+		var pc *parsedCallback
+		if parsed != nil {
+			pc = parsed[i]
 		}
-		err := f.handleOne(msg.Context(), it.Body, received, in)
+		err := f.handleOne(ctx, msg, it, pc, in)
 		switch {
 		case err == nil:
 		case isPermanent(err):
+			if !grouped {
+				return err // the poison queue keeps the message as it is
+			}
 			hdr := nats.Header{}
 			hdr.Set(HeaderReceivedAt, it.ReceivedAt)
-			ctx, cancel := context.WithTimeout(msg.Context(), f.timeout)
-			dlErr := broker.DeadLetter(ctx, f.js, broker.DeadLetterCallbacks, it.Body, broker.CallbackSubject, hdr, err.Error())
-			cancel()
+			dctx, dcancel := context.WithTimeout(msg.Context(), f.timeout)
+			dlErr := broker.DeadLetter(dctx, f.js, broker.DeadLetterCallbacks, it.Body, broker.CallbackSubject, hdr, err.Error())
+			dcancel()
 			if dlErr != nil {
 				return retry("nats", dlErr)
 			}
@@ -134,30 +155,39 @@ func (f *fanout) handleBatch(msg *message.Message, n string) error {
 			wait = err
 		}
 	}
-	ctx, cancel := context.WithTimeout(msg.Context(), f.timeout)
-	defer cancel()
-	if err := f.await(ctx, in); err != nil && wait == nil {
+	if len(in.futures) == 0 {
+		return wait
+	}
+	actx, acancel := context.WithTimeout(msg.Context(), f.timeout)
+	defer acancel()
+	if err := f.await(actx, in); err != nil && wait == nil {
 		wait = err
 	}
 	return wait
 }
 
-// handleOne turns one stored callback into its event.
-func (f *fanout) handleOne(parent context.Context, body []byte, receivedAt time.Time, in *inflight) error {
-	cb, err := thingspace.ParseCallback(body)
-	if err != nil {
-		f.m.parseFailures.Inc()
-		return fmt.Errorf("stored callback cannot be parsed: %w", err)
+// handleOne turns one stored callback into its event; pc is what the
+// intake parsed of it, nil when it must be parsed here. A final event's
+// publish joins in; any other is stored before handleOne returns.
+func (f *fanout) handleOne(ctx context.Context, msg *message.Message, it rawCallback, pc *parsedCallback, in *inflight) error {
+	if pc == nil {
+		f.m.reparsed.Inc()
+		cb, err := thingspace.ParseCallback(it.Body)
+		if err != nil {
+			f.m.parseFailures.Inc()
+			return fmt.Errorf("stored callback cannot be parsed: %w", err)
+		}
+		received, err := time.Parse(time.RFC3339Nano, it.ReceivedAt)
+		if err != nil {
+			received = f.receivedAt(msg)
+		}
+		pc = parse(cb, received)
 	}
-	st, ok := callbackStatus(cb)
-	if !ok {
-		return fmt.Errorf("callback status %q has no event status", cb.Status)
+	if !pc.known {
+		return fmt.Errorf("callback status %q has no event status", pc.cb.Status)
 	}
-	ctx, cancel := context.WithTimeout(parent, f.timeout)
-	defer cancel()
-
-	waited := f.now().Sub(receivedAt)
-	rec, err := f.records.Get(ctx, cb.RequestID, waited >= f.grace)
+	waited := f.now().Sub(pc.receivedAt)
+	rec, err := f.records.Get(ctx, pc.cb.RequestID, waited >= f.grace)
 	switch {
 	case err == nil:
 	case errors.Is(err, correlation.ErrNotFound):
@@ -170,25 +200,29 @@ func (f *fanout) handleOne(parent context.Context, body []byte, receivedAt time.
 		return retry("nats", err)
 	}
 
-	ev := buildEvent(cb, st, rec, receivedAt)
+	ev := buildEvent(pc, rec)
 	if rec == nil {
 		f.m.uncorrelated.Inc()
 	}
-	if in != nil && ev.Final {
-		m := &nats.Msg{Subject: ev.Subject(), Data: ev.AppendJSON(make([]byte, 0, 1024)), Header: nats.Header{nats.MsgIdHdr: []string{ev.EventID}}}
+	if ev.Final {
+		start := len(in.arena)
+		in.arena = ev.AppendJSON(in.arena)
+		m := &nats.Msg{Subject: ev.Subject(), Data: in.arena[start:len(in.arena):len(in.arena)], Header: nats.Header{nats.MsgIdHdr: []string{ev.EventID}}}
 		fut, err := f.js.PublishMsgAsync(m)
 		if err != nil {
 			return retry("nats", fmt.Errorf("store event on %s: %w", m.Subject, err))
 		}
 		in.futures = append(in.futures, fut)
-		in.received = append(in.received, receivedAt)
+		in.received = append(in.received, pc.receivedAt)
 		in.statuses = append(in.statuses, ev.Status)
 		return nil
 	}
-	if err := f.publish(ctx, ev); err != nil {
+	pctx, pcancel := context.WithTimeout(msg.Context(), f.timeout)
+	defer pcancel()
+	if err := f.publish(pctx, ev); err != nil {
 		return err
 	}
-	f.m.lag.Observe(f.now().Sub(receivedAt).Seconds())
+	f.m.lag.Observe(f.now().Sub(pc.receivedAt).Seconds())
 	f.log.Debug().Str(observability.FieldEventID, ev.EventID).Str(observability.FieldRequestID, ev.RequestID).
 		Str(observability.FieldCommandID, ev.CommandID).Str(observability.FieldStatus, string(ev.Status)).
 		Str(observability.FieldSubject, ev.Subject()).Msg("status event stored")

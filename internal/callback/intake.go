@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -121,9 +122,9 @@ func (in *intake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		in.answer(w, http.StatusServiceUnavailable, "not ready to store callbacks")
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), in.timeout)
-	defer cancel()
 	if perr != nil {
+		ctx, cancel := context.WithTimeout(r.Context(), in.timeout)
+		defer cancel()
 		in.m.parseFailures.Inc()
 		in.log.Warn().Str(observability.FieldReason, perr.Error()).Int("bytes", len(body)).Msg("unparseable callback, dead-lettered")
 		hdr := nats.Header{}
@@ -140,22 +141,37 @@ func (in *intake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	st, _ := callbackStatus(cb)
-	msg := &nats.Msg{Subject: broker.CallbackSubject, Data: body, Header: make(nats.Header, 3)}
-	msg.Header[HeaderReceivedAt] = []string{start.UTC().Format(time.RFC3339Nano)}
-	msg.Header[HeaderCorrelationID] = []string{cb.RequestID}
-	// One fact (requestId, device, status) is stored once: ThingSpace's
-	// resends differ only in callbackCount.
-	msg.Header[nats.MsgIdHdr] = []string{status.ID("callback", string(st), cb.RequestID, callbackDevice(cb).String())}
-	if err := in.commit.store(ctx, msg); err != nil {
+	pc := parse(cb, start)
+	p := in.commit.get()
+	p.body, p.receivedAt, p.requestID, p.parsed = body, start, cb.RequestID, pc
+	p.msgID = status.ID("callback", string(pc.status), cb.RequestID, pc.said.String())
+	if err := in.commit.store(r.Context(), p); err != nil {
+		if r.Context().Err() != nil {
+			// The store may still be under way with the body: the buffer
+			// is not given back.
+			*bp = nil
+		}
 		in.log.Warn().Err(err).Str(observability.FieldRequestID, cb.RequestID).Msg("cannot store callback")
 		in.answer(w, http.StatusServiceUnavailable, "cannot store the callback now")
 		return
 	}
 	in.m.storeSeconds.Observe(in.now().Sub(start).Seconds())
-	in.log.Debug().Str(observability.FieldRequestID, cb.RequestID).Str(observability.FieldStatus, string(st)).Msg("callback stored")
-	in.answer(w, http.StatusOK, "")
+	in.log.Debug().Str(observability.FieldRequestID, cb.RequestID).Str(observability.FieldStatus, string(pc.status)).Msg("callback stored")
+	in.m.answered(http.StatusOK)
+	h := w.Header()
+	h["Content-Type"] = contentJSON
+	h["Content-Length"] = storedLength
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(storedBody)
 }
+
+// The answer to a stored callback, as observability.WriteJSON would write
+// it, made once.
+var (
+	storedBody   = []byte(`{"status":"stored"}` + "\n")
+	storedLength = []string{strconv.Itoa(len(storedBody))}
+	contentJSON  = []string{"application/json"}
+)
 
 // readBody reads at most MaxBody bytes into buf.
 func readBody(w http.ResponseWriter, r *http.Request, buf []byte) ([]byte, error) {

@@ -26,6 +26,7 @@ type metrics struct {
 	lag           prometheus.Histogram   // receipt to event stored
 	uncorrelated  prometheus.Counter     // events published without a record
 	groupCommit   prometheus.Histogram   // callbacks stored by one message, when more than one
+	reparsed      prometheus.Counter     // stored callbacks the fan-out had to parse again
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -87,8 +88,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Help:    "Callbacks stored together in one message (group commit), when more than one.",
 		Buckets: []float64{2, 4, 8, 16, 32, 64, 128},
 	})
+	m.reparsed = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "esim_ingest_fanout_reparsed_total",
+		Help: "Stored callbacks the fan-out parsed again instead of taking what the intake parsed: stored by another instance, before a restart, or waiting longer than the hand-off keeps them.",
+	})
 	reg.MustRegister(m.callbacks, m.storeSeconds, m.parseFailures, m.events, m.duplicates, m.stale,
-		m.deadLetters, m.retries, m.handled, m.handleSeconds, m.lag, m.uncorrelated, m.groupCommit)
+		m.deadLetters, m.retries, m.handled, m.handleSeconds, m.lag, m.uncorrelated, m.groupCommit, m.reparsed)
 	// Resolve the usual codes once: no label lookup per request.
 	m.callbackCodes = make(map[int]prometheus.Counter)
 	for _, c := range []int{200, 400, 401, 405, 413, 415, 503} {

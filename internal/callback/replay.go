@@ -132,8 +132,8 @@ func (f *fanout) replayOne(ctx context.Context, body []byte, received time.Time,
 		st.Unparseable++
 		return nil
 	}
-	s, ok := callbackStatus(cb)
-	if !ok {
+	pc := parse(cb, received)
+	if !pc.known {
 		st.Unparseable++
 		return nil
 	}
@@ -144,7 +144,7 @@ func (f *fanout) replayOne(ctx context.Context, body []byte, received time.Time,
 	if err != nil {
 		return err
 	}
-	ev := buildEvent(cb, s, rec, received)
+	ev := buildEvent(pc, rec)
 	subject := ev.Subject()
 	ids, ok := seen[subject]
 	if !ok {

@@ -86,6 +86,7 @@ type service struct {
 	m   *metrics
 	now func() time.Time
 
+	handoff   *handoff
 	readiness atomic.Pointer[broker.Readiness]
 	js        atomic.Pointer[jetstream.JetStream]
 	status    atomic.Pointer[jetstream.Stream]
@@ -117,7 +118,10 @@ func (s *service) run(ctx context.Context, reg *prometheus.Registry, onReady fun
 		m:       s.m,
 		log:     log.With().Str(observability.FieldComponent, "intake").Logger(),
 	}
-	in.commit = newCommitter(in.js, s.cfg.StoreWorkers, s.cfg.GroupCommit, s.cfg.StoreTimeout, s.m)
+	// What the intake parsed waits for the fan-out: at most twice the
+	// callbacks the consumer may hold, for at most two minutes.
+	s.handoff = newHandoff(2*s.cfg.MaxAckPending, 2*time.Minute)
+	in.commit = newCommitter(in.js, s.cfg.StoreWorkers, s.cfg.GroupCommit, s.cfg.StoreTimeout, s.m, s.handoff)
 	commitCtx, stopCommit := context.WithCancel(context.Background())
 	defer stopCommit() // after the HTTP listener stopped: run returns last
 	in.commit.run(commitCtx, s.cfg.StoreWorkers)
@@ -324,6 +328,7 @@ func (s *service) start(ctx context.Context) (nc, fanConn *nats.Conn, router *me
 		js:      js,
 		status:  statusStream,
 		records: newRecords(store, s.cfg.RecordCache, missTTL(s.cfg)),
+		handoff: s.handoff,
 		grace:   s.cfg.CorrelationGrace,
 		timeout: s.cfg.StoreTimeout,
 		now:     s.now,

@@ -1,0 +1,83 @@
+package callback
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+func items(n int) []*parsedCallback {
+	out := make([]*parsedCallback, n)
+	for i := range out {
+		out[i] = &parsedCallback{}
+	}
+	return out
+}
+
+func TestHandoffGivesBackWhatWasPutUntilTaken(t *testing.T) {
+	h := newHandoff(100, time.Minute)
+	a := items(3)
+	h.put("a", a)
+	require.Equal(t, a, h.get("a"), "get leaves the entry")
+	require.Equal(t, a, h.get("a"))
+	require.Equal(t, a, h.take("a"))
+	require.Nil(t, h.get("a"), "taken")
+	require.Nil(t, h.take("a"))
+	require.Nil(t, h.get(""), "no id, no entry")
+	require.Zero(t, h.items)
+}
+
+func TestHandoffDropsOldestPastItsCallbackLimit(t *testing.T) {
+	h := newHandoff(10, time.Minute)
+	h.put("a", items(4))
+	h.put("b", items(4))
+	h.put("c", items(4)) // 12 > 10: a goes
+	require.Nil(t, h.get("a"))
+	require.NotNil(t, h.get("b"))
+	require.NotNil(t, h.get("c"))
+	require.Equal(t, 8, h.items)
+}
+
+func TestHandoffDropsEntriesOlderThanItsAgeAndForgetsTakenIDs(t *testing.T) {
+	now := time.Unix(1000, 0)
+	h := newHandoff(1000, time.Minute)
+	h.now = func() time.Time { return now }
+	h.put("old", items(1)) // delivered to another instance: never taken here
+	for i := range 50 {
+		id := string(rune('A' + i))
+		h.put(id, items(1))
+		h.take(id)
+	}
+	require.NotNil(t, h.get("old"), "younger than the age limit")
+	require.Len(t, h.queue, 51, "taken ids wait behind the oldest live one")
+
+	now = now.Add(2 * time.Minute)
+	h.put("new", items(1))
+	require.Nil(t, h.get("old"), "past the age limit")
+	require.NotNil(t, h.get("new"))
+	require.Len(t, h.queue, 1, "only the live entry is left in the queue")
+	require.Equal(t, 1, h.items)
+}
+
+func TestBatchFramingRoundTrips(t *testing.T) {
+	at := time.Date(2026, 11, 23, 21, 0, 0, 123456789, time.UTC)
+	batch := []*pending{
+		{body: []byte(`{"requestId":"r1"}`), receivedAt: at, msgID: "id-1"},
+		{body: []byte(`{}`), receivedAt: at.Add(time.Millisecond), msgID: ""},
+		{body: nil, receivedAt: at, msgID: "id-3"},
+	}
+	got, err := decodeBatch(appendBatch(nil, batch), len(batch))
+	require.NoError(t, err)
+	require.Len(t, got, 3)
+	for i, p := range batch {
+		require.Equal(t, string(p.body), string(got[i].Body))
+		require.Equal(t, formatReceived(p.receivedAt), got[i].ReceivedAt)
+		require.Equal(t, p.msgID, got[i].MsgID)
+	}
+	_, err = decodeBatch(appendBatch(nil, batch), 4)
+	require.ErrorContains(t, err, "holds 3 callbacks, its header says 4")
+	frame := appendBatch(nil, batch)
+	_, err = decodeBatch(frame[:len(frame)-1], 3)
+	require.ErrorContains(t, err, "cut short")
+}
