@@ -324,8 +324,15 @@ func (s *service) start(ctx context.Context) (nc, fanConn *nats.Conn, router *me
 	if err != nil {
 		return fail(err)
 	}
+	// Events go out on the fan-out's connection: nats-server reads each
+	// connection in order, so the intake's stores do not queue behind the
+	// events on one.
+	fanJS, err := jetstream.New(fanConn, jetstream.WithPublishAsyncTimeout(s.cfg.StoreTimeout))
+	if err != nil {
+		return fail(err)
+	}
 	f := &fanout{
-		js:      js,
+		js:      fanJS,
 		status:  statusStream,
 		records: newRecords(store, s.cfg.RecordCache, missTTL(s.cfg)),
 		handoff: s.handoff,
