@@ -47,8 +47,8 @@ type Config struct {
 	// callback whose event could not be made yet (record pending, NATS
 	// trouble); later ones grow by as much, up to five times it (default 1s).
 	RetryDelay time.Duration
-	// Workers is FANOUT_WORKERS: callbacks turned into events at once
-	// (default 16).
+	// Workers is FANOUT_WORKERS: stored messages turned into events at once
+	// (default 64).
 	Workers int
 	// MaxAckPending is FANOUT_MAX_ACK_PENDING: callbacks the fan-out consumer
 	// may hold unacknowledged, including those waiting for a record (default
@@ -58,7 +58,8 @@ type Config struct {
 	// 1024; one record serves up to 10,000 callbacks).
 	RecordCache int
 	// StoreWorkers is STORE_WORKERS: stores to the callback stream under
-	// way at once (default 8).
+	// way at once (default 4: on two cores, fewer and larger group commits
+	// answered more callbacks than 8 or 2, see BENCHMARKS.md).
 	StoreWorkers int
 	// GroupCommit is GROUP_COMMIT_MAX: the most callbacks one stored message
 	// may carry when many wait at once (default 64; 1 stores each alone).
@@ -83,7 +84,7 @@ const (
 	DefaultMaxAckPending    = 20000
 	DefaultRecordCache      = 1024
 	DefaultStoreTimeout     = 5 * time.Second
-	DefaultStoreWorkers     = 8
+	DefaultStoreWorkers     = 4
 	DefaultGroupCommit      = 64
 	DefaultShutdownGrace    = 20 * time.Second
 )
