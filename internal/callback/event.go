@@ -47,12 +47,18 @@ func callbackStatus(cb *thingspace.Callback) (status.Status, bool) {
 // left out. Values are kept as ThingSpace wrote them.
 func callbackDevice(cb *thingspace.Callback) device.Set {
 	var d device.Set
-	for k, v := range cb.Identifiers() {
-		kind, err := device.ParseKind(k)
-		if err != nil {
-			continue
+	add := func(ids []thingspace.DeviceID) {
+		for _, id := range ids {
+			kind, err := device.ParseKind(id.NormalizedKind())
+			if err != nil || id.ID == "" || d.Get(kind) != "" {
+				continue // the first value of a kind counts, as in Identifiers
+			}
+			d = d.With(kind, id.ID)
 		}
-		d = d.With(kind, v)
+	}
+	add(cb.DeviceIDs)
+	if p := cb.Profile(); p != nil {
+		add(p.DeviceIdentifierCollection)
 	}
 	return d
 }

@@ -87,6 +87,9 @@ func (f *fanout) handle(msg *message.Message) error {
 	return err
 }
 
+// eventSizeHint is about the size of one encoded status event.
+const eventSizeHint = 1024
+
 // pending publishes of one message's final events.
 type inflight struct {
 	futures  []jetstream.PubAckFuture
@@ -127,7 +130,12 @@ func (f *fanout) await(ctx context.Context, in *inflight) error {
 // one round trip for the message, not one per callback.
 func (f *fanout) handleItems(msg *message.Message, items []rawCallback, parsed []*parsedCallback, grouped bool) error {
 	var wait error
-	in := &inflight{}
+	in := &inflight{
+		futures:  make([]jetstream.PubAckFuture, 0, len(items)),
+		received: make([]time.Time, 0, len(items)),
+		statuses: make([]status.Status, 0, len(items)),
+		arena:    make([]byte, 0, len(items)*eventSizeHint),
+	}
 	ctx, cancel := context.WithTimeout(msg.Context(), f.timeout)
 	defer cancel()
 	for i, it := range items {
