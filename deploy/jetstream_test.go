@@ -26,6 +26,7 @@ import (
 	"github.com/esim-pipeline/thingspace-esim/internal/callback"
 	"github.com/esim-pipeline/thingspace-esim/internal/config"
 	"github.com/esim-pipeline/thingspace-esim/internal/dispatch"
+	"github.com/esim-pipeline/thingspace-esim/internal/esimctl"
 	"github.com/esim-pipeline/thingspace-esim/internal/natstest"
 )
 
@@ -37,8 +38,13 @@ const replicas = 3
 var (
 	streamDir   = filepath.Join("jetstream", "streams")
 	consumerDir = filepath.Join("jetstream", "consumers")
-	kvFile      = filepath.Join("jetstream", "kv", "KV_"+broker.RequestBucket+".json")
+	kvDir       = filepath.Join("jetstream", "kv")
 )
+
+// kvFile is the definition of bucket's backing stream.
+func kvFile(bucket string) string {
+	return filepath.Join(kvDir, "KV_"+bucket+".json")
+}
 
 func consumerFile(stream, durable string) string {
 	return filepath.Join(consumerDir, stream, durable+".json")
@@ -278,13 +284,22 @@ func TestJetStreamDefinitionsMatchServices(t *testing.T) {
 		}
 	})
 
-	t.Run("the request bucket's backing stream", func(t *testing.T) {
-		bodies := rec.get(rec.streams, "KV_"+broker.RequestBucket)
-		require.NotEmpty(t, bodies, "the bucket %s was not created", broker.RequestBucket)
-		for _, b := range bodies {
-			checkDefinition(t, kvFile, atReplicas(t, b, three))
-		}
-	})
+	// esimctl keeps its runs in a bucket of its own, created at its first run.
+	octx, ocancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer ocancel()
+	_, err = esimctl.OpenRuns(octx, js, 1)
+	require.NoError(t, err)
+
+	for _, bucket := range []string{broker.RequestBucket, esimctl.RunBucket} {
+		t.Run("the backing stream of bucket "+bucket, func(t *testing.T) {
+			bodies := rec.get(rec.streams, "KV_"+bucket)
+			require.NotEmpty(t, bodies, "the bucket %s was not created", bucket)
+			for _, b := range bodies {
+				checkDefinition(t, kvFile(bucket), atReplicas(t, b, three))
+			}
+		})
+	}
+	require.Equal(t, []string{kvFile(esimctl.RunBucket), kvFile(broker.RequestBucket)}, jsonFiles(t, kvDir), "one file per bucket, no stale ones")
 
 	var want []string
 	for durable, stream := range wantConsumers {
@@ -324,7 +339,7 @@ func TestJetStreamFilesApply(t *testing.T) {
 	_, js := srv.JetStream()
 	ctx := context.Background()
 
-	for _, file := range append(jsonFiles(t, streamDir), kvFile) {
+	for _, file := range append(jsonFiles(t, streamDir), jsonFiles(t, kvDir)...) {
 		var cfg jetstream.StreamConfig
 		decodeStrict(t, file, &cfg)
 		require.Equal(t, replicas, cfg.Replicas, file)
@@ -333,8 +348,10 @@ func TestJetStreamFilesApply(t *testing.T) {
 		_, err := js.CreateStream(ctx, cfg)
 		require.NoError(t, err, "the server refuses %s", file)
 	}
-	_, err := js.KeyValue(ctx, broker.RequestBucket)
-	require.NoError(t, err, "%s makes a usable bucket", kvFile)
+	for _, bucket := range []string{broker.RequestBucket, esimctl.RunBucket} {
+		_, err := js.KeyValue(ctx, bucket)
+		require.NoError(t, err, "%s makes a usable bucket", kvFile(bucket))
+	}
 
 	for _, file := range jsonFiles(t, consumerDir) {
 		var cfg jetstream.ConsumerConfig
