@@ -192,6 +192,8 @@ func TestUndecodableBodiesAreErrorsWithTheTextAUserReads(t *testing.T) {
 			`undecodable command: the body is empty, want a JSON object with devices and accountName`},
 		{"JSON cut short", command.Enable, `{"accountName":"a","devices":[` + good,
 			`undecodable command: invalid JSON in devices at line 1, column 146: unexpected end of JSON input`},
+		{"a key that is not a plain name, cut short", command.Enable, "{\"devices\":[],\"a\\nb\":",
+			`undecodable command: invalid JSON in ["a\nb"] at line 1, column 22: unexpected end of JSON input`},
 		{"a missing comma between fields", command.Enable, "{\"accountName\":\"a\"\n \"devices\":[]}",
 			`undecodable command: invalid JSON after accountName at line 2, column 2: invalid character '"' after object key:value pair`},
 		{"a broken identifier deep inside", command.Enable, `{"devices":[` + good + `,{"deviceIds":[{"kind":"iccid","id":89x}]}]}`,

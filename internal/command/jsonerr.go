@@ -105,11 +105,14 @@ func failingPath(body []byte) string {
 	last := len(stack) - 1
 	for i, f := range stack {
 		switch {
-		case f.object && f.key != "":
+		case f.object && f.key != "" && plainKey(f.key):
 			if b.Len() > 0 {
 				b.WriteByte('.')
 			}
 			b.WriteString(f.key)
+		case f.object && f.key != "":
+			// Any other key is quoted: the message stays on one line.
+			b.WriteString("[" + strconv.Quote(f.key) + "]")
 		case !f.object && f.index >= 0 && i < last:
 			b.WriteString("[" + strconv.Itoa(f.index) + "]")
 		}
@@ -121,4 +124,16 @@ func failingPath(body []byte) string {
 		return "after " + b.String()
 	}
 	return "in " + b.String()
+}
+
+// plainKey reports whether key can be written bare in a path: ASCII
+// letters, digits, '_' and '-'.
+func plainKey(key string) bool {
+	for i := 0; i < len(key); i++ {
+		c := key[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
 }
