@@ -106,6 +106,7 @@ func TestEachSeedCallbackBecomesOneEventWithoutCredentials(t *testing.T) {
 			}
 			code, answer := s.post(body, user, pass)
 			require.Equal(t, http.StatusOK, code, answer)
+			require.JSONEq(t, `{"status":"stored"}`, answer)
 
 			s.waitEvents(cb.RequestID, 1)
 			s.settle()

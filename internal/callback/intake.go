@@ -70,14 +70,13 @@ func (c *credentials) match(user, pass string) bool {
 	return subtle.ConstantTimeCompare(u[:], c.user[:])&subtle.ConstantTimeCompare(p[:], c.pass[:]) == 1
 }
 
+// answer refuses a callback: code and why, as JSON. A stored callback's
+// 200 is written by ServeHTTP itself.
 func (in *intake) answer(w http.ResponseWriter, code int, msg string) {
 	in.m.answered(code)
 	body := map[string]string{"status": http.StatusText(code)}
 	if msg != "" {
 		body["error"] = msg
-	}
-	if code == http.StatusOK {
-		body = map[string]string{"status": "stored"}
 	}
 	observability.WriteJSON(w, code, body)
 }
