@@ -47,18 +47,12 @@ func callbackStatus(cb *thingspace.Callback) (status.Status, bool) {
 // left out. Values are kept as ThingSpace wrote them.
 func callbackDevice(cb *thingspace.Callback) device.Set {
 	var d device.Set
-	add := func(ids []thingspace.DeviceID) {
-		for _, id := range ids {
-			kind, err := device.ParseKind(id.NormalizedKind())
-			if err != nil || id.ID == "" || d.Get(kind) != "" {
-				continue // the first value of a kind counts, as in Identifiers
-			}
-			d = d.With(kind, id.ID)
+	for k, id := range cb.AllIdentifiers() {
+		kind, err := device.ParseKind(k)
+		if err != nil || d.Get(kind) != "" {
+			continue // the first value of a kind counts, as in Identifiers
 		}
-	}
-	add(cb.DeviceIDs)
-	if p := cb.Profile(); p != nil {
-		add(p.DeviceIdentifierCollection)
+		d = d.With(kind, id)
 	}
 	return d
 }

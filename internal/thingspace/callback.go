@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	gojson "github.com/goccy/go-json"
+	"iter"
 	"strconv"
 	"strings"
+
+	gojson "github.com/goccy/go-json"
 )
 
 // Callback statuses, as ThingSpace spells them in its examples. Compare
@@ -148,10 +150,10 @@ func (c *Callback) check() error {
 	default:
 		return fmt.Errorf("%w: unknown status %q (want Success, Failed or warning)", ErrCallback, truncate(c.Status, 40))
 	}
-	if len(c.Identifiers()) == 0 {
-		return fmt.Errorf("%w: no device identifier in deviceIds or deviceIdentifierCollection", ErrCallback)
+	for range c.AllIdentifiers() {
+		return nil
 	}
-	return nil
+	return fmt.Errorf("%w: no device identifier in deviceIds or deviceIdentifierCollection", ErrCallback)
 }
 
 // plainID is an identifier as ThingSpace usually sends it: two strings.
@@ -374,22 +376,36 @@ func normalizeIDs(ids []DeviceID) []DeviceID {
 // winning where both name a kind.
 func (c *Callback) Identifiers() map[string]string {
 	out := make(map[string]string, 5)
-	add := func(ids []DeviceID) {
-		for _, id := range ids {
-			k := id.NormalizedKind()
-			if k == "" || id.ID == "" {
-				continue
-			}
-			if _, seen := out[k]; !seen {
-				out[k] = id.ID
+	for k, id := range c.AllIdentifiers() {
+		if _, seen := out[k]; !seen {
+			out[k] = id
+		}
+	}
+	return out
+}
+
+// AllIdentifiers yields lower-case kind and id of every identifier the
+// callback names, deviceIds first, then deviceIdentifierCollection, in
+// their order; those with an empty kind or id are left out. A kind may come
+// more than once: Identifiers keeps the first.
+func (c *Callback) AllIdentifiers() iter.Seq2[string, string] {
+	return func(yield func(string, string) bool) {
+		lists := [2][]DeviceID{c.DeviceIDs}
+		if p := c.Profile(); p != nil {
+			lists[1] = p.DeviceIdentifierCollection
+		}
+		for _, ids := range lists {
+			for _, id := range ids {
+				k := id.NormalizedKind()
+				if k == "" || id.ID == "" {
+					continue
+				}
+				if !yield(k, id.ID) {
+					return
+				}
 			}
 		}
 	}
-	add(c.DeviceIDs)
-	if p := c.Profile(); p != nil {
-		add(p.DeviceIdentifierCollection)
-	}
-	return out
 }
 
 // Profile returns deviceResponse.deviceProfileResponse, or nil.
