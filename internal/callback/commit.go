@@ -52,14 +52,13 @@ type committer struct {
 
 // pending is one callback on its way to the stream: its bytes as received
 // (valid until the intake's handler returns, which is after the store),
-// when it came, the message id of its fact and what the intake parsed.
+// the message id of its fact and what the intake parsed (requestId and
+// arrival time included).
 type pending struct {
-	body       []byte
-	receivedAt time.Time
-	msgID      string
-	requestID  string
-	parsed     *parsedCallback
-	done       chan error
+	body   []byte
+	msgID  string
+	parsed *parsedCallback
+	done   chan error
 }
 
 func newCommitter(js func() jetstream.JetStream, workers, maxBatch int, timeout time.Duration, m *metrics, h *handoff) *committer {
@@ -158,8 +157,8 @@ func (c *committer) publish(ctx context.Context, batch []*pending, frame []byte)
 	if len(batch) == 1 {
 		p := batch[0]
 		msg = &nats.Msg{Subject: broker.CallbackSubject, Data: p.body, Header: nats.Header{
-			HeaderReceivedAt:    []string{formatReceived(p.receivedAt)},
-			HeaderCorrelationID: []string{p.requestID},
+			HeaderReceivedAt:    []string{formatReceived(p.parsed.receivedAt)},
+			HeaderCorrelationID: []string{p.parsed.cb.RequestID},
 			// One fact (requestId, device, status) is stored once:
 			// ThingSpace's resends differ only in callbackCount.
 			nats.MsgIdHdr: []string{p.msgID},
@@ -170,7 +169,7 @@ func (c *committer) publish(ctx context.Context, batch []*pending, frame []byte)
 		frame = appendBatch(frame[:0], batch)
 		msg = &nats.Msg{Subject: broker.CallbackSubject, Data: frame, Header: nats.Header{
 			HeaderBatch:      []string{strconv.Itoa(len(batch))},
-			HeaderReceivedAt: []string{formatReceived(batch[0].receivedAt)},
+			HeaderReceivedAt: []string{formatReceived(batch[0].parsed.receivedAt)},
 			HeaderBatchID:    []string{id},
 		}}
 	}
@@ -200,7 +199,7 @@ type rawCallback struct {
 func appendBatch(out []byte, batch []*pending) []byte {
 	var ts [64]byte
 	for _, p := range batch {
-		out = appendPart(out, p.receivedAt.UTC().AppendFormat(ts[:0], time.RFC3339Nano))
+		out = appendPart(out, p.parsed.receivedAt.UTC().AppendFormat(ts[:0], time.RFC3339Nano))
 		out = binary.AppendUvarint(out, uint64(len(p.msgID)))
 		out = append(out, p.msgID...)
 		out = appendPart(out, p.body)

@@ -63,16 +63,16 @@ func TestHandoffDropsEntriesOlderThanItsAgeAndForgetsTakenIDs(t *testing.T) {
 func TestBatchFramingRoundTrips(t *testing.T) {
 	at := time.Date(2026, 11, 23, 21, 0, 0, 123456789, time.UTC)
 	batch := []*pending{
-		{body: []byte(`{"requestId":"r1"}`), receivedAt: at, msgID: "id-1"},
-		{body: []byte(`{}`), receivedAt: at.Add(time.Millisecond), msgID: ""},
-		{body: nil, receivedAt: at, msgID: "id-3"},
+		{body: []byte(`{"requestId":"r1"}`), parsed: &parsedCallback{receivedAt: at}, msgID: "id-1"},
+		{body: []byte(`{}`), parsed: &parsedCallback{receivedAt: at.Add(time.Millisecond)}, msgID: ""},
+		{body: nil, parsed: &parsedCallback{receivedAt: at}, msgID: "id-3"},
 	}
 	got, err := decodeBatch(appendBatch(nil, batch), len(batch))
 	require.NoError(t, err)
 	require.Len(t, got, 3)
 	for i, p := range batch {
 		require.Equal(t, string(p.body), string(got[i].Body))
-		require.Equal(t, formatReceived(p.receivedAt), got[i].ReceivedAt)
+		require.Equal(t, formatReceived(p.parsed.receivedAt), got[i].ReceivedAt)
 		require.Equal(t, p.msgID, got[i].MsgID)
 	}
 	_, err = decodeBatch(appendBatch(nil, batch), 4)

@@ -142,7 +142,7 @@ func (in *intake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	pc := parse(cb, start)
 	p := in.commit.get()
-	p.body, p.receivedAt, p.requestID, p.parsed = body, start, cb.RequestID, pc
+	p.body, p.parsed = body, pc
 	p.msgID = status.ID("callback", string(pc.status), cb.RequestID, pc.said.String())
 	if err := in.commit.store(r.Context(), p); err != nil {
 		if r.Context().Err() != nil {
