@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/esim-pipeline/thingspace-esim/internal/config"
+	"github.com/esim-pipeline/thingspace-esim/internal/testkit"
 )
 
 func TestHelp_documents_every_knob(t *testing.T) {
@@ -48,23 +48,6 @@ func TestRun_refuses_a_bad_setting_naming_it(t *testing.T) {
 	require.ErrorContains(t, err, "SIM_LATENCY")
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 func TestRun_serves_the_token_endpoint_with_the_dispatcher_credentials_and_stops(t *testing.T) {
 	env := map[string]string{
 		"LISTEN_ADDR":              "127.0.0.1:0",
@@ -78,7 +61,7 @@ func TestRun_serves_the_token_endpoint_with_the_dispatcher_credentials_and_stops
 	defer cancel()
 	addrc := make(chan string, 1)
 	errc := make(chan error, 1)
-	logs := &lockedBuffer{}
+	logs := &testkit.SyncBuffer{}
 	go func() {
 		errc <- serve(ctx, nil, func(k string) string { return env[k] }, logs, logs, func(a string) { addrc <- a })
 	}()

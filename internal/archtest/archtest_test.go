@@ -31,7 +31,7 @@ var (
 	adapters    = layer{"adapter", 2, []string{"internal/thingspace", "internal/simulator", "internal/broker",
 		"internal/correlation", "internal/ratelimit"}}
 	models = layer{"model", 1, []string{"internal/device", "internal/command", "internal/status", "internal/batch"}}
-	leaves = layer{"leaf", 0, []string{"schemas", "internal/config", "internal/observability", "internal/natstest", "internal/archtest"}}
+	leaves = layer{"leaf", 0, []string{"schemas", "internal/config", "internal/observability", "internal/natstest", "internal/testkit", "internal/archtest"}}
 
 	layers = []layer{programs, application, adapters, models, leaves}
 
@@ -50,7 +50,7 @@ var (
 	// I/O or log; a model imports none of them directly.
 	modelStdlibDenied = []string{"net", "os", "syscall", "io/ioutil", "log", "database/sql", "plugin", "net/http"}
 	// testOnly are module packages that only tests may import.
-	testOnly = []string{"internal/natstest"}
+	testOnly = []string{"internal/natstest", "internal/testkit"}
 )
 
 // pkg is what the rules need of `go list -json`.

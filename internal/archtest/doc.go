@@ -8,7 +8,7 @@
 // counts as an adapter until the table says otherwise. Models (device,
 // command, status, batch) import only each other, schemas, the standard
 // library minus I/O, and third-party libraries the table allows; nothing
-// imports a program; internal/natstest is for tests only.
+// imports a program; internal/natstest and internal/testkit are for tests only.
 //
 // It has no code of its own and must not be imported.
 package archtest

@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -25,6 +24,7 @@ import (
 	"github.com/esim-pipeline/thingspace-esim/internal/correlation"
 	"github.com/esim-pipeline/thingspace-esim/internal/natstest"
 	"github.com/esim-pipeline/thingspace-esim/internal/status"
+	"github.com/esim-pipeline/thingspace-esim/internal/testkit"
 )
 
 // Credentials the test service checks; distinctive, so a scan of the
@@ -44,7 +44,7 @@ type stack struct {
 	store  *correlation.Store
 	cancel context.CancelFunc
 	done   chan error
-	logs   *syncBuffer
+	logs   *testkit.SyncBuffer
 	client *http.Client
 }
 
@@ -72,7 +72,7 @@ func startOn(t testing.TB, ns *natstest.Server, mutate func(*callback.Config)) *
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	logs := &syncBuffer{}
+	logs := &testkit.SyncBuffer{}
 	log := zerolog.New(logs).Level(zerolog.DebugLevel)
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan callback.Addrs, 1)
@@ -294,22 +294,4 @@ func callbackBody(o cbOpts) []byte {
 	}
 	b, _ := json.Marshal(body)
 	return b
-}
-
-// syncBuffer collects log output from many goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

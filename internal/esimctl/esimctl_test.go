@@ -14,6 +14,7 @@ import (
 
 	"github.com/esim-pipeline/thingspace-esim/internal/esimctl"
 	"github.com/esim-pipeline/thingspace-esim/internal/simulator"
+	"github.com/esim-pipeline/thingspace-esim/internal/testkit"
 )
 
 // The operator story: 2,500 SIMs, three with a broken ICCID; the results
@@ -282,7 +283,7 @@ func TestNoNATSIsAClearError(t *testing.T) {
 		}
 		return ""
 	}
-	var out, errOut syncBuffer
+	var out, errOut testkit.SyncBuffer
 	code := esimctl.Run(context.Background(), []string{"submit", "--action", "suspend", "--account", account, "--connect-timeout", "300ms", file}, env, &out, &errOut)
 	require.Equal(t, esimctl.ExitNotAll, code, errOut.String())
 	require.Contains(t, errOut.String(), "cannot reach NATS at nats://127.0.0.1:1 within 300ms")
@@ -299,7 +300,7 @@ func TestHelpListsTheVerbsAndFlags(t *testing.T) {
 		{[]string{"status", "--help"}, []string{"ICCID|EID", "--json"}},
 		{[]string{"completion", "bash"}, []string{"bash completion"}},
 	} {
-		var out, errOut syncBuffer
+		var out, errOut testkit.SyncBuffer
 		code := esimctl.Run(context.Background(), tt.args, func(string) string { return "" }, &out, &errOut)
 		require.Equal(t, esimctl.ExitOK, code, errOut.String())
 		for _, w := range tt.want {
@@ -317,7 +318,7 @@ func TestANATSCLIContextNamesTheServer(t *testing.T) {
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "dev.json"), []byte(`{"description":"dev","url":"`+s.ns.URL()+`"}`), 0o644))
 	env := map[string]string{"HOME": home, "NATS_CONTEXT": "dev"}
 	run := func(env map[string]string, args ...string) result {
-		var out, errOut syncBuffer
+		var out, errOut testkit.SyncBuffer
 		code := esimctl.Run(context.Background(), args, func(k string) string { return env[k] }, &out, &errOut)
 		return result{code: code, stdout: out.String(), stderr: errOut.String()}
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/esim-pipeline/thingspace-esim/internal/esimctl"
 	"github.com/esim-pipeline/thingspace-esim/internal/natstest"
 	"github.com/esim-pipeline/thingspace-esim/internal/simulator"
+	"github.com/esim-pipeline/thingspace-esim/internal/testkit"
 )
 
 const (
@@ -117,24 +118,6 @@ func newStack(t *testing.T) *stack {
 	return s
 }
 
-// syncBuffer is a buffer safe for the CLI's writers and the test's reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // result is one esimctl invocation.
 type result struct {
 	code           int
@@ -164,15 +147,15 @@ func (s *stack) env(key string) string {
 // esimctl runs the CLI in-process, as main would, until it returns.
 func (s *stack) esimctl(ctx context.Context, args ...string) result {
 	s.t.Helper()
-	var out, errOut syncBuffer
+	var out, errOut testkit.SyncBuffer
 	code := esimctl.Run(ctx, args, s.env, &out, &errOut)
 	return result{code: code, stdout: out.String(), stderr: errOut.String()}
 }
 
 // start runs the CLI in the background; wait returns its result.
-func (s *stack) start(ctx context.Context, args ...string) (stderr *syncBuffer, wait func(within time.Duration) result) {
-	var out syncBuffer
-	stderr = &syncBuffer{}
+func (s *stack) start(ctx context.Context, args ...string) (stderr *testkit.SyncBuffer, wait func(within time.Duration) result) {
+	var out testkit.SyncBuffer
+	stderr = &testkit.SyncBuffer{}
 	done := make(chan int, 1)
 	go func() { done <- esimctl.Run(ctx, args, s.env, &out, stderr) }()
 	return stderr, func(within time.Duration) result {

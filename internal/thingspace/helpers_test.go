@@ -1,9 +1,7 @@
 package thingspace_test
 
 import (
-	"bytes"
 	"net/http/httptest"
-	"sync"
 	"testing"
 	"time"
 
@@ -11,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/esim-pipeline/thingspace-esim/internal/simulator"
+	"github.com/esim-pipeline/thingspace-esim/internal/testkit"
 	"github.com/esim-pipeline/thingspace-esim/internal/thingspace"
 )
 
@@ -27,24 +26,7 @@ type env struct {
 	sim    *simulator.Server
 	srv    *httptest.Server
 	client *thingspace.Client
-	logs   *syncBuffer
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	logs   *testkit.SyncBuffer
 }
 
 func newEnv(t *testing.T, sc simulator.Config, tweak func(*thingspace.Config)) *env {
@@ -56,7 +38,7 @@ func newEnv(t *testing.T, sc simulator.Config, tweak func(*thingspace.Config)) *
 	srv := httptest.NewServer(sim.Handler())
 	t.Cleanup(srv.Close)
 	t.Cleanup(sim.Close)
-	logs := &syncBuffer{}
+	logs := &testkit.SyncBuffer{}
 	cfg := thingspace.Config{
 		BaseURL:      srv.URL,
 		ClientID:     simulator.DemoClientID,
