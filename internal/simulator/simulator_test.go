@@ -6,7 +6,6 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/esim-pipeline/thingspace-esim/internal/simulator"
+	"github.com/esim-pipeline/thingspace-esim/internal/testkit"
 	"github.com/esim-pipeline/thingspace-esim/internal/thingspace"
 )
 
@@ -57,7 +57,7 @@ func TestToken_endpoint_speaks_client_credentials(t *testing.T) {
 }
 
 func TestToken_expires_after_its_lifetime(t *testing.T) {
-	clock := &fakeClock{t: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)}
+	clock := testkit.NewClock(time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC))
 	e := newSim(t, simulator.Config{Now: clock.Now, TokenLifetime: time.Hour})
 	e.login(t)
 	require.Equal(t, http.StatusOK, e.call(t, http.MethodGet, thingspace.CallbacksPath+account, "", nil).status)
@@ -201,7 +201,7 @@ func TestSimulator_failures_in_a_row_only_lock(t *testing.T) {
 }
 
 func TestSimulator_sessions_slide_and_expire(t *testing.T) {
-	clock := &fakeClock{t: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)}
+	clock := testkit.NewClock(time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC))
 	e := newSim(t, simulator.Config{Now: clock.Now, SessionIdle: 10 * time.Minute, TokenLifetime: 24 * time.Hour})
 	e.login(t)
 	list := thingspace.CallbacksPath + account
@@ -598,20 +598,8 @@ func TestHistory_keeps_the_latest_calls(t *testing.T) {
 	assert.Equal(t, "/api/last", calls[2].Path)
 }
 
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *fakeClock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
 func TestStatus_records_are_forgotten_after_the_retention(t *testing.T) {
-	clock := &fakeClock{t: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)}
+	clock := testkit.NewClock(time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC))
 	e := newSim(t, simulator.Config{Now: clock.Now, RequestRetention: time.Hour, TokenLifetime: 48 * time.Hour, SessionIdle: 48 * time.Hour})
 	e.login(t)
 	a := e.call(t, http.MethodPost, thingspace.ActionPathPrefix+"enable", enableBody(), nil)

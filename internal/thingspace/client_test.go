@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/esim-pipeline/thingspace-esim/internal/simulator"
+	"github.com/esim-pipeline/thingspace-esim/internal/testkit"
 	"github.com/esim-pipeline/thingspace-esim/internal/thingspace"
 )
 
@@ -143,7 +144,7 @@ func TestClient_recovers_from_expiry_with_exactly_one_login(t *testing.T) {
 }
 
 func TestClient_recovers_when_the_session_idles_out_on_the_simulator_clock(t *testing.T) {
-	clock := &fakeClock{t: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)}
+	clock := testkit.NewClock(time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC))
 	e := newEnv(t, simulator.Config{Now: clock.Now, SessionIdle: 20 * time.Minute}, nil)
 	ctx := context.Background()
 	_, err := e.client.Enable(ctx, enableRequest())
@@ -159,18 +160,6 @@ func TestClient_recovers_when_the_session_idles_out_on_the_simulator_clock(t *te
 	_, err = e.client.Enable(ctx, enableRequest())
 	require.NoError(t, err)
 	assert.EqualValues(t, 2, e.sim.Stats().Logins, "an idle session is replaced by one login")
-}
-
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *fakeClock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
 }
 
 func TestClient_concurrent_calls_after_expiry_share_one_login(t *testing.T) {
