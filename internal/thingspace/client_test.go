@@ -86,9 +86,7 @@ func TestClient_sends_both_tokens_and_json_on_business_calls(t *testing.T) {
 		sim.Handler().ServeHTTP(w, r)
 	}))
 	t.Cleanup(srv.Close)
-	c, err := thingspace.New(thingspace.Config{BaseURL: srv.URL, ClientID: simulator.DemoClientID,
-		ClientSecret: simulator.DemoClientSecret, Username: simulator.DemoUsername, Password: simulator.DemoPassword})
-	require.NoError(t, err)
+	c := demoClient(t, srv.URL)
 	_, err = c.Enable(context.Background(), enableRequest())
 	require.NoError(t, err)
 	mu.Lock()
@@ -517,9 +515,7 @@ func TestClient_failing_token_refresh_is_not_repeated_by_concurrent_callers(t *t
 		sim.Handler().ServeHTTP(w, r)
 	}))
 	t.Cleanup(srv.Close)
-	c, err := thingspace.New(thingspace.Config{BaseURL: srv.URL, ClientID: simulator.DemoClientID,
-		ClientSecret: simulator.DemoClientSecret, Username: simulator.DemoUsername, Password: simulator.DemoPassword})
-	require.NoError(t, err)
+	c := demoClient(t, srv.URL)
 	_, err = c.Enable(context.Background(), enableRequest())
 	require.NoError(t, err)
 

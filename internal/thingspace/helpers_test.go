@@ -56,6 +56,16 @@ func newEnv(t *testing.T, sc simulator.Config, tweak func(*thingspace.Config)) *
 	return &env{sim: sim, srv: srv, client: c, logs: logs}
 }
 
+// demoClient is a client with the simulator's demo credentials for a
+// server at baseURL (a simulator behind a test's own handler).
+func demoClient(t *testing.T, baseURL string) *thingspace.Client {
+	t.Helper()
+	c, err := thingspace.New(thingspace.Config{BaseURL: baseURL, ClientID: simulator.DemoClientID,
+		ClientSecret: simulator.DemoClientSecret, Username: simulator.DemoUsername, Password: simulator.DemoPassword})
+	require.NoError(t, err)
+	return c
+}
+
 func enableRequest(ids ...string) thingspace.ProfileRequest {
 	req := thingspace.ProfileRequest{AccountName: account, SmsrOid: smsrOid}
 	for i := 0; i+1 < len(ids); i += 2 {
