@@ -31,6 +31,14 @@ func startPipeline(t *testing.T, simCfg simulator.Config, ingestEnv, dispEnv map
 	p.ingest.start()
 	p.disp = newDispatcher(t, p.nats.url(), p.sim.url, p.ingest.callbackURL(), dispEnv)
 	p.events = watchEvents(t, js, false)
+	// A device without its final event may be a callback ThingSpace gave up
+	// on (the ingest away for all its attempts) or one lost inside: the
+	// simulator's counts tell which.
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("simulator at the end: %+v", p.sim.Stats())
+		}
+	})
 	return p
 }
 

@@ -201,12 +201,19 @@ func (p *proc) logText() string {
 	return string(b)
 }
 
+// dumpTail prints the log's warn and error lines (the last n of them) and
+// its last n lines: a stop's many info lines would hide why it failed.
 func (p *proc) dumpTail(n int) {
 	lines := strings.Split(strings.TrimRight(p.logText(), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
+	var bad []string
+	for _, l := range lines {
+		if strings.Contains(l, `"level":"warn"`) || strings.Contains(l, `"level":"error"`) {
+			bad = append(bad, l)
+		}
 	}
-	p.t.Logf("---- last lines of %s (%s) ----\n%s", p.name, p.log, strings.Join(lines, "\n"))
+	last := func(ls []string) string { return strings.Join(ls[max(0, len(ls)-n):], "\n") }
+	p.t.Logf("---- warnings and errors of %s (%d, the last %d) ----\n%s", p.name, len(bad), min(n, len(bad)), last(bad))
+	p.t.Logf("---- last lines of %s (%s) ----\n%s", p.name, p.log, last(lines))
 }
 
 // waitHTTP polls url until it answers 200, failing if the process exits.
