@@ -27,12 +27,19 @@ const (
 	HeaderBatchID = "Callback-Batch-Id"
 )
 
-// committer stores callbacks in the callback stream with group commit: a
-// worker takes one callback, adds every other one already waiting (up to
-// maxBatch callbacks or maxBytes), and stores them as one message. Under
-// light load each callback is stored alone, as it came; under heavy load
-// one store (one fsync with sync_interval: always) acknowledges many
+// committer stores callbacks in the callback stream with group commit:
+// callbacks that arrive while a store is under way wait, and the next store
+// takes all of them (up to maxBatch callbacks or maxBytes) as one message.
+// Under light load each callback is stored alone, as it came; under heavy
+// load one store (one fsync with sync_interval: always) acknowledges many
 // callbacks, so the intake answers more of them than the disk does writes.
+//
+// Up to workers stores may be under way at once, but a store begins beside
+// others only once minBatch callbacks wait for it or the first of them
+// waited maxWait: parallel stores help when one store's latency, not its
+// size, holds the intake back (a slow store would stall every callback
+// behind it), and starting them early would only cut the batches small
+// (each stored message is one more store, delivery, ack and fan-out run).
 //
 // What the intake parsed goes into the hand-off under the message's batch
 // id before the store, so that the fan-out of this instance turns the
@@ -41,6 +48,8 @@ type committer struct {
 	js       func() jetstream.JetStream
 	in       chan *pending
 	maxBatch int
+	minBatch int           // callbacks waiting before a store begins beside another
+	maxWait  time.Duration // or how long the first of them waited
 	maxBytes int
 	timeout  time.Duration
 	m        *metrics
@@ -48,6 +57,10 @@ type committer struct {
 	idPrefix string
 	seq      atomic.Uint64
 	pool     sync.Pool // of *pending
+
+	collecting sync.Mutex    // one worker gathers the next batch at a time
+	inflight   atomic.Int32  // stores under way
+	idle       chan struct{} // a store ended with none other under way
 }
 
 // pending is one callback on its way to the stream: its bytes as received
@@ -63,8 +76,9 @@ type pending struct {
 
 func newCommitter(js func() jetstream.JetStream, workers, maxBatch int, timeout time.Duration, m *metrics, h *handoff) *committer {
 	return &committer{
-		js: js, in: make(chan *pending, workers*maxBatch), maxBatch: maxBatch, maxBytes: 768 << 10,
-		timeout: timeout, m: m, handoff: h, idPrefix: newInstanceID() + "-",
+		js: js, in: make(chan *pending, workers*maxBatch), maxBatch: maxBatch, minBatch: max(maxBatch/2, 1), maxWait: 2 * time.Millisecond,
+		maxBytes: 768 << 10, timeout: timeout, m: m, handoff: h, idPrefix: newInstanceID() + "-",
+		idle: make(chan struct{}, 1),
 	}
 }
 
@@ -111,30 +125,76 @@ func (c *committer) worker(ctx context.Context) {
 	batch := make([]*pending, 0, c.maxBatch)
 	var frame []byte
 	for {
-		batch = batch[:0]
-		select {
-		case <-ctx.Done():
+		var ok bool
+		if batch, ok = c.collect(ctx, batch[:0]); !ok {
 			return
-		case p := <-c.in:
-			batch = append(batch, p)
-		}
-		size := len(batch[0].body)
-	fill:
-		for len(batch) < c.maxBatch && size < c.maxBytes {
-			select {
-			case p := <-c.in:
-				batch = append(batch, p)
-				size += len(p.body)
-			default:
-				break fill
-			}
 		}
 		var err error
 		frame, err = c.publish(ctx, batch, frame)
+		if c.inflight.Add(-1) == 0 {
+			select {
+			case c.idle <- struct{}{}:
+			default:
+			}
+		}
 		for _, p := range batch {
 			p.done <- err
 		}
 	}
+}
+
+// collect gathers the next batch into batch and counts its store as under
+// way; false once ctx ended with nothing gathered. It returns when the
+// batch is full, or no other store is under way, or minBatch callbacks
+// are in it, or its first waited maxWait; until then it keeps taking
+// callbacks as they come.
+func (c *committer) collect(ctx context.Context, batch []*pending) ([]*pending, bool) {
+	c.collecting.Lock()
+	defer c.collecting.Unlock()
+	select {
+	case <-ctx.Done():
+		return batch, false
+	case p := <-c.in:
+		batch = append(batch, p)
+	}
+	size := len(batch[0].body)
+	full := func() bool { return len(batch) >= c.maxBatch || size >= c.maxBytes }
+	var late <-chan time.Time
+	for !full() {
+		select {
+		case p := <-c.in:
+			batch = append(batch, p)
+			size += len(p.body)
+			continue
+		default:
+		}
+		if c.inflight.Load() == 0 || len(batch) >= c.minBatch {
+			break
+		}
+		if late == nil {
+			wait := c.maxWait - time.Since(batch[0].parsed.receivedAt)
+			if wait <= 0 {
+				break
+			}
+			t := time.NewTimer(wait)
+			defer t.Stop()
+			late = t.C
+		}
+		select {
+		case p := <-c.in:
+			batch = append(batch, p)
+			size += len(p.body)
+		case <-c.idle: // look again: another store may have begun since
+		case <-late:
+			c.inflight.Add(1)
+			return batch, true
+		case <-ctx.Done():
+			c.inflight.Add(1)
+			return batch, true // store what was taken: its callers wait
+		}
+	}
+	c.inflight.Add(1)
+	return batch, true
 }
 
 // publish stores batch as one message. frame is the worker's buffer for

@@ -58,8 +58,10 @@ type Config struct {
 	// 1024; one record serves up to 10,000 callbacks).
 	RecordCache int
 	// StoreWorkers is STORE_WORKERS: stores to the callback stream under
-	// way at once (default 4: on two cores, fewer and larger group commits
-	// answered more callbacks than 8 or 2, see BENCHMARKS.md).
+	// way at most at once (default 4). A store begins beside another only
+	// once half of GroupCommit callbacks wait for it, or the first waited
+	// 2 ms: larger group commits answered more callbacks per CPU-second in
+	// both sync modes (BENCHMARKS.md, lesson 9).
 	StoreWorkers int
 	// GroupCommit is GROUP_COMMIT_MAX: the most callbacks one stored message
 	// may carry when many wait at once (default 64; 1 stores each alone).
