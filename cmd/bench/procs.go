@@ -209,6 +209,7 @@ type cpuMeter struct {
 const (
 	selfName    = "bench (load generator / simulator / baseline)"
 	machineName = "machine (every process, other users' included)"
+	stealName   = "stolen (by the hypervisor, for other machines)"
 )
 
 func newCPUMeter(pids map[string]int) *cpuMeter {
@@ -217,33 +218,37 @@ func newCPUMeter(pids map[string]int) *cpuMeter {
 		m.base[n], _ = cpuTime(pid)
 	}
 	m.base[selfName] = selfCPU()
-	m.base[machineName], _ = machineBusy()
+	m.base[machineName], m.base[stealName], _ = machineBusy()
 	return m
 }
 
-// machineBusy is the CPU time every core spent busy since boot (/proc/stat).
-func machineBusy() (time.Duration, error) {
+// machineBusy is the CPU time every core spent busy since boot, and the
+// part of it the hypervisor gave to other machines (steal), from /proc/stat.
+func machineBusy() (busy, steal time.Duration, err error) {
 	b, err := os.ReadFile("/proc/stat")
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	line, _, _ := strings.Cut(string(b), "\n")
 	f := strings.Fields(line)
 	if len(f) < 9 || f[0] != "cpu" {
-		return 0, errors.New("malformed /proc/stat")
+		return 0, 0, errors.New("malformed /proc/stat")
 	}
-	var busy int64
-	for i, v := range f[1:9] {
-		if i == 3 || i == 4 { // idle, iowait
+	var ticks, stolen int64
+	for i, v := range f[1:9] { // user nice system idle iowait irq softirq steal
+		if i == 3 || i == 4 {
 			continue
 		}
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
-		busy += n
+		ticks += n
+		if i == 7 {
+			stolen = n
+		}
 	}
-	return time.Duration(busy) * time.Second / clockTicks, nil
+	return time.Duration(ticks) * time.Second / clockTicks, time.Duration(stolen) * time.Second / clockTicks, nil
 }
 
 // cores returns the average cores used by each process since the start.
@@ -256,8 +261,9 @@ func (m *cpuMeter) cores() map[string]float64 {
 		}
 	}
 	out[selfName] = (selfCPU() - m.base[selfName]).Seconds() / wall
-	if c, err := machineBusy(); err == nil {
+	if c, st, err := machineBusy(); err == nil {
 		out[machineName] = (c - m.base[machineName]).Seconds() / wall
+		out[stealName] = (st - m.base[stealName]).Seconds() / wall
 	}
 	return out
 }

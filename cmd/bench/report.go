@@ -88,7 +88,7 @@ func (r *report) markdown() string {
 	}
 	if len(r.runs) > 0 {
 		b.WriteString("\n### Runs\n\n")
-		b.WriteString("Cores are CPU seconds per wall second over the measured window, per process; \"machine\" is every process on the machine, other users' included, out of " + fmt.Sprint(m.cores) + ".\n\n")
+		b.WriteString("Cores are CPU seconds per wall second over the measured window, per process; \"machine\" is every process on the machine, other users' included, out of " + fmt.Sprint(m.cores) + "; \"stolen\" is the part of it the hypervisor gave to other virtual machines (steal time): a run with much of it was slowed from outside.\n\n")
 		b.WriteString("| run | work | rate | per CPU-second (program + nats-server) | cores used | peak RSS | notes |\n| --- | --- | --- | --- | --- | --- | --- |\n")
 		for _, x := range r.runs {
 			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s |\n", x.name, dash(x.work), dash(x.rate), dash(x.perCore), dash(formatCores(x.cores)), dash(x.rss), dash(x.notes))
@@ -126,7 +126,7 @@ func formatCores(c map[string]float64) string {
 	}
 	names := make([]string, 0, len(c))
 	for n := range c {
-		if n != machineName {
+		if n != machineName && n != stealName {
 			names = append(names, n)
 		}
 	}
@@ -137,7 +137,11 @@ func formatCores(c map[string]float64) string {
 		parts = append(parts, fmt.Sprintf("%s %.2f", short, c[n]))
 	}
 	if v, ok := c[machineName]; ok {
-		parts = append(parts, fmt.Sprintf("(machine %.2f busy)", v))
+		m := fmt.Sprintf("(machine %.2f busy", v)
+		if st := c[stealName]; st >= 0.005 {
+			m += fmt.Sprintf(", of which %.2f stolen", st)
+		}
+		parts = append(parts, m+")")
 	}
 	return strings.Join(parts, ", ")
 }
