@@ -35,6 +35,7 @@ type settings struct {
 	load         time.Duration // measured window of each HTTP load run
 	warmup       time.Duration // unmeasured start of each HTTP load run
 	conns        int           // keep-alive connections of the load generator
+	rounds       int           // closed-loop baseline/ingest pairs; the medians count
 	runTimeout   time.Duration // limit of one run
 	deadline     time.Duration // limit of the whole bench
 	profile      bool          // run the profiling passes
@@ -56,6 +57,7 @@ func (s *settings) declare(set *config.Set) {
 	set.Duration(&s.load, "load-duration", "BENCH_LOAD_DURATION", 10*time.Second, "measured window of each callback load run")
 	set.Duration(&s.warmup, "warmup", "BENCH_WARMUP", time.Second, "unmeasured start of each callback load run")
 	set.Int(&s.conns, "connections", "BENCH_CONNECTIONS", 64, "keep-alive connections of the callback load generator")
+	set.Int(&s.rounds, "ingest-rounds", "BENCH_INGEST_ROUNDS", 3, "closed-loop runs of the bare handler and callback-ingest, taken in turn; the table gives the median of each")
 	set.Duration(&s.runTimeout, "run-timeout", "BENCH_RUN_TIMEOUT", 150*time.Second, "limit of one run; a run that hits it reports what it did")
 	set.Duration(&s.deadline, "deadline", "BENCH_DEADLINE", 9*time.Minute+30*time.Second, "limit of the whole bench")
 	set.Bool(&s.profile, "profile", "BENCH_PROFILE", true, "run the CPU profiling passes and put their top functions in the report")
@@ -79,6 +81,7 @@ func (s *settings) applyShort() {
 	s.load = 2 * time.Second
 	s.warmup = 500 * time.Millisecond
 	s.runTimeout = 60 * time.Second
+	s.rounds = 1
 }
 
 func (s settings) validate() error {
@@ -88,6 +91,9 @@ func (s settings) validate() error {
 	}
 	if s.conns < 1 || s.conns > 1024 {
 		errs = append(errs, fmt.Errorf("BENCH_CONNECTIONS: %d is out of range 1..1024", s.conns))
+	}
+	if s.rounds < 1 || s.rounds > 9 {
+		errs = append(errs, fmt.Errorf("BENCH_INGEST_ROUNDS: %d is out of range 1..9", s.rounds))
 	}
 	if s.load <= 0 || s.memFor <= 0 || s.runTimeout <= 0 || s.deadline <= 0 || s.warmup < 0 {
 		errs = append(errs, errors.New("durations must be positive"))
