@@ -35,6 +35,7 @@ type loadRun struct {
 	backlog   uint64        // callbacks not yet fanned out at the window's end
 	drain     time.Duration // from the window's end until nothing was left
 	drained   bool
+	redeliv   int // raw messages the fan-out consumer delivered again (ack wait passed, or handed back)
 	rss       int64
 	natsRSS   int64
 	cores     map[string]float64
@@ -145,7 +146,7 @@ func (b *bench) runIngest(ctx context.Context, name string, l ingestLaunch) (loa
 		r.eventsWin = ev1 - ev0
 		r.rawWin = raw1 - raw0
 		r.events = float64(ev1-ev0) / t1.Sub(t0).Seconds()
-		r.backlog, r.drain, r.drained = b.awaitFanout(ctx, js, t1)
+		r.backlog, r.drain, r.drained, r.redeliv = b.awaitFanout(ctx, js, t1)
 	}
 	b.log.Info().Str("run", name).Float64("answered_per_s", math.Round(r.res.rate())).Float64("events_per_s", math.Round(r.events)).
 		Dur("p50", percentile(r.res.lat, 0.5)).Dur("p99", percentile(r.res.lat, 0.99)).Int64("errors", r.res.errs+r.res.bad).
@@ -154,8 +155,9 @@ func (b *bench) runIngest(ctx context.Context, name string, l ingestLaunch) (loa
 }
 
 // awaitFanout waits until the fan-out consumer has nothing pending, and
-// says how much was left at from and how long it took from then.
-func (b *bench) awaitFanout(ctx context.Context, js jetstream.JetStream, from time.Time) (backlog uint64, took time.Duration, ok bool) {
+// says how much was left at from, how long it took from then and how many
+// messages the consumer had delivered more than once.
+func (b *bench) awaitFanout(ctx context.Context, js jetstream.JetStream, from time.Time) (backlog uint64, took time.Duration, ok bool, redelivered int) {
 	deadline := time.Now().Add(b.s.runTimeout)
 	first := true
 	for time.Now().Before(deadline) && ctx.Err() == nil {
@@ -171,13 +173,14 @@ func (b *bench) awaitFanout(ctx context.Context, js jetstream.JetStream, from ti
 			if first {
 				backlog, first = left, false
 			}
+			redelivered = info.NumRedelivered
 			if left == 0 {
-				return backlog, time.Since(from), true
+				return backlog, time.Since(from), true, redelivered
 			}
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return backlog, time.Since(from), false
+	return backlog, time.Since(from), false, redelivered
 }
 
 func (r loadRun) info(name string, k ingestKind) runInfo {
@@ -197,6 +200,9 @@ func (r loadRun) info(name string, k ingestKind) runInfo {
 			x.notes += fmt.Sprintf(", drained %s later", r.drain.Round(10*time.Millisecond))
 		} else {
 			x.notes += ", not drained within the run limit"
+		}
+		if r.redeliv > 0 {
+			x.notes += fmt.Sprintf("; %s raw messages delivered again by the fan-out consumer", count(r.redeliv))
 		}
 	}
 	return x
