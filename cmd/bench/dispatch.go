@@ -97,6 +97,7 @@ type dispatchRun struct {
 	done     int // commands acknowledged
 	elapsed  time.Duration
 	events   uint64
+	storing  time.Duration // from the first event stored to the last (server time)
 	timedOut bool
 	metrics  map[string]float64
 	rss      int64
@@ -108,6 +109,16 @@ func (r dispatchRun) rate() float64 {
 		return 0
 	}
 	return float64(r.done) / r.elapsed.Seconds()
+}
+
+// storeRate is events stored per second over the span in which they were
+// stored: the steady rate, without the start (the first batch's fetch,
+// decode and call) and the end (the last batch's acks).
+func (r dispatchRun) storeRate() float64 {
+	if r.storing <= 0 || r.events < 2 {
+		return 0
+	}
+	return float64(r.events-1) / r.storing.Seconds()
 }
 
 func (r dispatchRun) work() string {
@@ -163,17 +174,24 @@ func awaitConsumed(ctx context.Context, js jetstream.JetStream, consumer string,
 }
 
 func streamMsgs(ctx context.Context, js jetstream.JetStream, name string) (uint64, error) {
+	n, _, err := streamSpan(ctx, js, name)
+	return n, err
+}
+
+// streamSpan is the stream's message count and the time between its first
+// and last message as the server stored them.
+func streamSpan(ctx context.Context, js jetstream.JetStream, name string) (uint64, time.Duration, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	st, err := js.Stream(ctx, name)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	info, err := st.Info(ctx)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	return info.State.Msgs, nil
+	return info.State.Msgs, info.State.LastTime.Sub(info.State.FirstTime), nil
 }
 
 // dispatcherLaunch says which program runs the dispatcher.
@@ -257,7 +275,7 @@ func (b *bench) runDispatcher(ctx context.Context, name, template string, n int,
 	} else if err != nil {
 		return r, err
 	}
-	r.events, _ = streamMsgs(ctx, js, broker.StatusStream)
+	r.events, r.storing, _ = streamSpan(ctx, js, broker.StatusStream)
 	r.metrics, err = scrape(ctx, admin)
 	if err != nil {
 		b.log.Warn().Err(err).Msg("dispatcher metrics")
@@ -354,7 +372,7 @@ func (b *bench) runDispatchBaseline(ctx context.Context, name, template string, 
 	} else if err != nil {
 		return r, err
 	}
-	r.events, _ = streamMsgs(ctx, js, broker.StatusStream)
+	r.events, r.storing, _ = streamSpan(ctx, js, broker.StatusStream)
 	b.log.Info().Str("run", name).Int("acked", r.done).Dur("elapsed", r.elapsed).Float64("per_s", math.Round(r.rate())).Msg("baseline run")
 	return r, nil
 }

@@ -116,7 +116,8 @@ func (b *bench) measureSync(ctx context.Context, rep *report) error {
 		mean, full, batches := batchStats(meas.metrics)
 		rep.runs = append(rep.runs, runInfo{name: "4 always: dispatcher", work: meas.work(), rate: perSec(meas.rate()), cores: meas.cores,
 			perCore: perCPUText(meas.rate(), meas.cores, "dispatcher"),
-			notes:   fmt.Sprintf("mean batch %.0f devices, %.0f%% of %.0f calls full", mean, 100*full, batches)})
+			notes: fmt.Sprintf("mean batch %.0f devices, %.0f%% of %.0f calls full; %s events stored in %s from the first to the last (%s)",
+				mean, 100*full, batches, count(meas.events), meas.storing.Round(time.Millisecond), perSec(meas.storeRate()))})
 		if base.done > 0 {
 			rep.add(row{
 				measurement: fmt.Sprintf("4. sync always: dispatcher, %s commands (commands/s) vs the fetch/publish-async/ack program", count(n)),
@@ -124,10 +125,13 @@ func (b *bench) measureSync(ctx context.Context, rep *report) error {
 			})
 		}
 		if pubs > 0 {
+			// Both sides at their steady rate: the publishers over their
+			// window, the dispatcher from its first event stored to its last.
+			stored := meas.storeRate()
 			rep.add(row{
-				measurement: "4. sync always: dispatcher accepted events stored (events/s) vs 64 synchronous publishers",
-				baseline:    perSec(pubs), measured: perSec(meas.rate()), ratio: ratio(meas.rate(), pubs),
-				goal: "≥ 0.9× baseline", met: yes(meas.rate() >= 0.9*pubs),
+				measurement: "4. sync always: dispatcher accepted events stored (events/s, first to last event) vs 64 synchronous publishers",
+				baseline:    perSec(pubs), measured: perSec(stored), ratio: ratio(stored, pubs),
+				goal: "≥ 0.9× baseline", met: yes(stored >= 0.9*pubs),
 			})
 		}
 	}
