@@ -25,6 +25,7 @@ test-chaos:
 	RELIABILITY=1 go test -v -count=1 -timeout 15m ./test/reliability/...
 	go test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime 150000x ./internal/command
 	go test -run '^$$' -fuzz '^FuzzParseCallback$$' -fuzztime 200000x ./internal/thingspace
+	go test -run '^$$' -fuzz '^FuzzDecodeDoc$$' -fuzztime 200000x ./internal/command
 
 test-short:
 	go test -short -count=1 ./...
