@@ -588,7 +588,9 @@ func rememberValid(key string) {
 // verdictKey names everything of a (reduced) document the command schema
 // can judge: every top-level value as it is, but for commandId only its
 // length (the schema bounds nothing else of it), and each device by its
-// shape (see group). Documents with other nesting are not cached.
+// shape (see group). Strings are length-prefixed and each kind of value
+// has its own first byte, so no two documents share a key. Documents with
+// other nesting are not cached.
 func verdictKey(a Action, root map[string]any, doc any) (string, bool) {
 	reduced, ok := doc.(map[string]any)
 	if !ok {
@@ -599,17 +601,17 @@ func verdictKey(a Action, root map[string]any, doc any) (string, bool) {
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
-	var b []byte
+	b := make([]byte, 0, 256)
 	b = append(b, a...)
 	for _, k := range keys {
-		b = strconv.AppendQuote(append(b, ';'), k)
+		b = appendLenPrefixed(append(b, ';'), k)
 		b = append(b, '=')
 		switch v := root[k].(type) {
 		case string:
 			if k == "commandId" {
 				b = strconv.AppendInt(append(b, "len:"...), int64(min(utf8.RuneCountInString(v), 1<<20)), 10)
 			} else {
-				b = strconv.AppendQuote(b, v)
+				b = appendLenPrefixed(append(b, 's'), v)
 			}
 		case bool:
 			b = strconv.AppendBool(b, v)
@@ -622,7 +624,7 @@ func verdictKey(a Action, root map[string]any, doc any) (string, bool) {
 				return "", false
 			}
 			reps, _ := reduced["devices"].([]any)
-			b = strconv.AppendInt(b, int64(len(reps)), 10)
+			b = strconv.AppendInt(append(b, 'a'), int64(len(reps)), 10)
 			for _, e := range reps {
 				var plain bool
 				if b, plain = shapeKey(append(b, '|'), e); !plain {
@@ -634,4 +636,11 @@ func verdictKey(a Action, root map[string]any, doc any) (string, bool) {
 		}
 	}
 	return string(b), true
+}
+
+// appendLenPrefixed appends s as its byte length, a colon and its bytes:
+// unambiguous like a quoted string, without the cost of quoting.
+func appendLenPrefixed(b []byte, s string) []byte {
+	b = strconv.AppendInt(b, int64(len(s)), 10)
+	return append(append(b, ':'), s...)
 }
