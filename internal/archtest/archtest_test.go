@@ -45,7 +45,7 @@ var (
 	modelModuleImports = []string{"schemas"}
 	// modelThirdParty are the third-party libraries (path prefixes) a model
 	// may import directly: pure computation, no I/O.
-	modelThirdParty = []string{"github.com/santhosh-tekuri/jsonschema/", "golang.org/x/text/"}
+	modelThirdParty = []string{"github.com/santhosh-tekuri/jsonschema/", "golang.org/x/text/", "github.com/goccy/go-json"}
 	// modelStdlibDenied are standard packages (and their subpackages) that do
 	// I/O or log; a model imports none of them directly.
 	modelStdlibDenied = []string{"net", "os", "syscall", "io/ioutil", "log", "database/sql", "plugin", "net/http"}
