@@ -233,10 +233,10 @@ func (b *bench) measureIngest(ctx context.Context, rep *report) error {
 		rep.runs = append(rep.runs, meas.info("2 callback-ingest"+round, ingestReal))
 		bases, meass = append(bases, base), append(meass, meas)
 	}
-	base, meas := medianRun(bases), medianRun(meass)
+	base, meas := median(bases, answered), median(meass, answered)
 	if b.s.rounds > 1 {
 		rep.notes = append(rep.notes, fmt.Sprintf("Measurement 2's closed loop ran %d times on each side, in turn; the table gives the median run of each (answered/s: bare handler %s, callback-ingest %s).",
-			b.s.rounds, rates(bases), rates(meass)))
+			b.s.rounds, joinRates(bases, answered), joinRates(meass, answered)))
 	}
 
 	rep.add(row{
@@ -276,18 +276,21 @@ func (b *bench) measureIngest(ctx context.Context, rep *report) error {
 	return nil
 }
 
-// medianRun is the run with the median answered rate (the lower middle of
+// median is the element of xs with the median rate (the lower middle of
 // an even count).
-func medianRun(runs []loadRun) loadRun {
-	sorted := slices.Clone(runs)
-	slices.SortFunc(sorted, func(a, b loadRun) int { return cmp.Compare(a.res.rate(), b.res.rate()) })
+func median[T any](xs []T, rate func(T) float64) T {
+	sorted := slices.Clone(xs)
+	slices.SortFunc(sorted, func(a, b T) int { return cmp.Compare(rate(a), rate(b)) })
 	return sorted[(len(sorted)-1)/2]
 }
 
-func rates(runs []loadRun) string {
-	out := make([]string, len(runs))
-	for i, r := range runs {
-		out[i] = perSec(r.res.rate())
+// joinRates lists the rates of xs in run order.
+func joinRates[T any](xs []T, rate func(T) float64) string {
+	out := make([]string, len(xs))
+	for i, x := range xs {
+		out[i] = perSec(rate(x))
 	}
 	return strings.Join(out, ", ")
 }
+
+func answered(r loadRun) float64 { return r.res.rate() }

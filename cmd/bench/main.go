@@ -35,7 +35,7 @@ type settings struct {
 	load         time.Duration // measured window of each HTTP load run
 	warmup       time.Duration // unmeasured start of each HTTP load run
 	conns        int           // keep-alive connections of the load generator
-	rounds       int           // closed-loop baseline/ingest pairs; the medians count
+	rounds       int           // runs of each side of the noisiest comparisons, in turn; the medians count
 	runTimeout   time.Duration // limit of one run
 	deadline     time.Duration // limit of the whole bench
 	profile      bool          // run the profiling passes
@@ -57,7 +57,7 @@ func (s *settings) declare(set *config.Set) {
 	set.Duration(&s.load, "load-duration", "BENCH_LOAD_DURATION", 10*time.Second, "measured window of each callback load run")
 	set.Duration(&s.warmup, "warmup", "BENCH_WARMUP", time.Second, "unmeasured start of each callback load run")
 	set.Int(&s.conns, "connections", "BENCH_CONNECTIONS", 64, "keep-alive connections of the callback load generator")
-	set.Int(&s.rounds, "ingest-rounds", "BENCH_INGEST_ROUNDS", 3, "closed-loop runs of the bare handler and callback-ingest, taken in turn; the table gives the median of each")
+	set.Int(&s.rounds, "rounds", "BENCH_ROUNDS", 3, "runs of each side, taken in turn, of the ingest's closed loop and of the sync-always dispatcher against its publishers; the table gives the median of each")
 	set.Duration(&s.runTimeout, "run-timeout", "BENCH_RUN_TIMEOUT", 150*time.Second, "limit of one run; a run that hits it reports what it did")
 	set.Duration(&s.deadline, "deadline", "BENCH_DEADLINE", 9*time.Minute+30*time.Second, "limit of the whole bench")
 	set.Bool(&s.profile, "profile", "BENCH_PROFILE", true, "run the CPU profiling passes and put their top functions in the report")
@@ -93,7 +93,7 @@ func (s settings) validate() error {
 		errs = append(errs, fmt.Errorf("BENCH_CONNECTIONS: %d is out of range 1..1024", s.conns))
 	}
 	if s.rounds < 1 || s.rounds > 9 {
-		errs = append(errs, fmt.Errorf("BENCH_INGEST_ROUNDS: %d is out of range 1..9", s.rounds))
+		errs = append(errs, fmt.Errorf("BENCH_ROUNDS: %d is out of range 1..9", s.rounds))
 	}
 	if s.load <= 0 || s.memFor <= 0 || s.runTimeout <= 0 || s.deadline <= 0 || s.warmup < 0 {
 		errs = append(errs, errors.New("durations must be positive"))
