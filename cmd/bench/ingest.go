@@ -215,10 +215,7 @@ func (r loadRun) info(name string, k ingestKind) runInfo {
 func (b *bench) measureIngest(ctx context.Context, rep *report) error {
 	var bases, meass []loadRun
 	for i := range b.s.rounds {
-		round := ""
-		if b.s.rounds > 1 {
-			round = fmt.Sprintf(" (round %d of %d)", i+1, b.s.rounds)
-		}
+		round := b.roundLabel(i)
 		base, err := b.runIngest(ctx, fmt.Sprintf("ingest-baseline-%d", i+1), ingestLaunch{kind: ingestBaseline})
 		if err != nil {
 			return fmt.Errorf("baseline: %w", err)
@@ -294,3 +291,11 @@ func joinRates[T any](xs []T, rate func(T) float64) string {
 }
 
 func answered(r loadRun) float64 { return r.res.rate() }
+
+// roundLabel names round i in a run's name when there are several.
+func (b *bench) roundLabel(i int) string {
+	if b.s.rounds < 2 {
+		return ""
+	}
+	return fmt.Sprintf(" (round %d of %d)", i+1, b.s.rounds)
+}

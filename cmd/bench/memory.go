@@ -107,10 +107,7 @@ func (b *bench) measureSync(ctx context.Context, rep *report) error {
 	var pubRates []float64
 	var dispRuns []dispatchRun
 	for i := range b.s.rounds {
-		round := ""
-		if b.s.rounds > 1 {
-			round = fmt.Sprintf(" (round %d of %d)", i+1, b.s.rounds)
-		}
+		round := b.roundLabel(i)
 		pubs, pubInfo, err := b.runSyncPublishers(ctx, fmt.Sprintf("sync-publishers-%d", i+1), always, 64, b.s.load)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("sync publishers: %w", err))
@@ -130,12 +127,13 @@ func (b *bench) measureSync(ctx context.Context, rep *report) error {
 				mean, 100*full, batches, count(run.events), run.storing.Round(time.Millisecond), perSec(run.storeRate()))})
 		pubRates, dispRuns = append(pubRates, pubs), append(dispRuns, run)
 	}
-	if len(dispRuns) > 0 && len(pubRates) == len(dispRuns) {
+	if len(dispRuns) > 0 { // a round adds to both or to neither
+		rate := func(r float64) float64 { return r }
 		meas := median(dispRuns, dispatchRun.storeRate)
-		pubs := median(pubRates, func(r float64) float64 { return r })
+		pubs := median(pubRates, rate)
 		if b.s.rounds > 1 {
 			rep.notes = append(rep.notes, fmt.Sprintf("Measurement 4's dispatcher and its 64 synchronous publishers ran %d times each, in turn; the table gives the median of each (events/s: publishers %s; dispatcher, first to last event stored, %s).",
-				b.s.rounds, joinRates(pubRates, func(r float64) float64 { return r }), joinRates(dispRuns, dispatchRun.storeRate)))
+				b.s.rounds, joinRates(pubRates, rate), joinRates(dispRuns, dispatchRun.storeRate)))
 		}
 		if base.done > 0 {
 			rep.add(row{
