@@ -260,14 +260,13 @@ func appendBatch(out []byte, batch []*pending) []byte {
 	var ts [64]byte
 	for _, p := range batch {
 		out = appendPart(out, p.parsed.receivedAt.UTC().AppendFormat(ts[:0], time.RFC3339Nano))
-		out = binary.AppendUvarint(out, uint64(len(p.msgID)))
-		out = append(out, p.msgID...)
+		out = appendPart(out, p.msgID)
 		out = appendPart(out, p.body)
 	}
 	return out
 }
 
-func appendPart(out, part []byte) []byte {
+func appendPart[T string | []byte](out []byte, part T) []byte {
 	out = binary.AppendUvarint(out, uint64(len(part)))
 	return append(out, part...)
 }
