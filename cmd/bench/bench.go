@@ -115,6 +115,7 @@ func (b *bench) runAll(ctx context.Context) *report {
 		{"ingest", b.measureIngest},
 		{"memory", b.measureMemory},
 		{"sync", b.measureSync},
+		{"sync-ingest", b.measureSyncIngest},
 		{"profile", b.profilePass},
 	}
 	for _, st := range steps {

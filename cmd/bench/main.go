@@ -40,7 +40,7 @@ type settings struct {
 	deadline     time.Duration // limit of the whole bench
 	profile      bool          // run the profiling passes
 	keep         bool          // keep the work directory (logs, profiles)
-	only         string        // comma-separated subset: dispatch, ingest, memory, sync, profile
+	only         string        // comma-separated subset: dispatch, ingest, memory, sync, sync-ingest, profile
 	short        bool          // tiny counts and windows, nothing written: a smoke run
 	logLevel     string
 	// Extra environment of the services, to try a setting (NAME=value,...).
@@ -62,7 +62,7 @@ func (s *settings) declare(set *config.Set) {
 	set.Duration(&s.deadline, "deadline", "BENCH_DEADLINE", 9*time.Minute+30*time.Second, "limit of the whole bench")
 	set.Bool(&s.profile, "profile", "BENCH_PROFILE", true, "run the CPU profiling passes and put their top functions in the report")
 	set.Bool(&s.keep, "keep", "BENCH_KEEP", false, "keep the work directory (service logs, CPU profiles)")
-	set.String(&s.only, "only", "BENCH_ONLY", "", "comma-separated subset of: dispatch, ingest, memory, sync, profile (empty: all)")
+	set.String(&s.only, "only", "BENCH_ONLY", "", "comma-separated subset of: dispatch, ingest, memory, sync (the dispatcher), sync-ingest, profile (empty: all)")
 	set.Bool(&s.short, "short", "BENCH_SHORT", false, "smoke run: small counts and short windows, BENCHMARKS.md not written")
 	set.String(&s.logLevel, "log-level", "LOG_LEVEL", "info", "level of the bench's progress lines on stderr")
 	set.String(&s.dispatcherEnv, "dispatcher-env", "BENCH_DISPATCHER_ENV", "", "extra dispatcher settings, NAME=value,... (to try one; the report says so)")

@@ -84,8 +84,8 @@ func (b *bench) measureMemory(ctx context.Context, rep *report) error {
 	return nil
 }
 
-// measureSync is measurement 4: measurements 1 and 2 again with every
-// JetStream write fsynced (sync_interval: always), each against baselines
+// measureSync is measurement 4's dispatcher half: measurement 1 again with
+// every JetStream write fsynced (sync_interval: always), against baselines
 // in the same mode.
 func (b *bench) measureSync(ctx context.Context, rep *report) error {
 	always := natsOptions{syncAlways: true}
@@ -152,6 +152,14 @@ func (b *bench) measureSync(ctx context.Context, rep *report) error {
 			})
 		}
 	}
+	return joinErrs(errs)
+}
+
+// measureSyncIngest is measurement 4's ingest half: the bare handler and
+// callback-ingest against a nats-server at sync_interval: always.
+func (b *bench) measureSyncIngest(ctx context.Context, rep *report) error {
+	always := natsOptions{syncAlways: true}
+	var errs []error
 	ibase, err := b.runIngest(ctx, "sync-ingest-baseline", ingestLaunch{kind: ingestBaseline, o: always})
 	if err != nil {
 		errs = append(errs, fmt.Errorf("ingest baseline: %w", err))
