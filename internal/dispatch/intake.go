@@ -144,6 +144,10 @@ func (s *Service) notYetDone(ctx context.Context, id, action string, devices []c
 	return out, len(devices) - len(out)
 }
 
+// publishTimeout bounds one event publish: its wait for a free slot among
+// the async publishes in flight, and then for its ack.
+const publishTimeout = 10 * time.Second
+
 // publish stores events on their status subjects, each with its eventId as
 // Nats-Msg-Id, and returns once every one is acknowledged. Failed publishes
 // are tried again until ctx ends: an event that is not stored must not let
@@ -160,8 +164,12 @@ func (s *Service) publish(ctx context.Context, evs []status.Event) error {
 			if err != nil {
 				return err
 			}
-			f, err := s.js.PublishMsgAsync(m)
+			// At MAX pending the publish waits for acks to free a slot (as
+			// long as an ack may take), rather than failing after nats.go's
+			// 200 ms and waiting for the whole batch and a retry.
+			f, err := s.js.PublishMsgAsync(m, jetstream.WithStallWait(publishTimeout))
 			if err != nil {
+				s.log.Debug().Err(err).Str(observability.FieldEventID, ev.EventID).Msg("event publish")
 				failed = append(failed, ev)
 				continue
 			}

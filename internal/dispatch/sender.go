@@ -24,9 +24,11 @@ import (
 // takes whatever is next. Once stop ends it returns after the call in flight;
 // work ctx bounds that call's follow-up (record, events, acks).
 func (s *Service) sendLoop(stop, work context.Context) {
-	// Outcomes (records, events, acks) are stored by one goroutine in call
-	// order, while the next call is made: ThingSpace's answer time and the
-	// store's overlap, and one subject's events keep the calls' order.
+	// Outcomes (events, records marked published) are stored by one
+	// goroutine in call order, while the next call is made: ThingSpace's
+	// answer time and the store's overlap, and one subject's events keep the
+	// calls' order. What needs no order (a record first stored, a deadline,
+	// the acks) goes beside it, and is waited for before sendLoop returns.
 	// Unbuffered: one batch stored while the next is called, which with
 	// the open batch fits the default MAX_ACK_PENDING of three batches.
 	outcomes := make(chan func())
@@ -38,7 +40,7 @@ func (s *Service) sendLoop(stop, work context.Context) {
 		}
 	}()
 	s.later = func(f func()) { outcomes <- f }
-	defer func() { close(outcomes); <-done }()
+	defer func() { close(outcomes); <-done; s.background.Wait() }()
 	for {
 		if !s.awaitReady(stop) {
 			return
@@ -122,7 +124,8 @@ func (s *Service) submit(stop, work context.Context, k batch.Key, opts command.O
 	reqID, err := s.call(stop, work, k, opts, g.devices, haveToken)
 	switch {
 	case err == nil:
-		s.later(func() { s.accepted(work, k, g, reqID) })
+		a := s.startAccepted(work, k, g, reqID)
+		s.later(func() { s.accepted(work, a) })
 	case isDeviceRefusal(err) && len(g.devices) > 1:
 		// Devices the answer names are rejected alone; without names, halve.
 		named, rest := splitNamed(err, g)
@@ -246,16 +249,30 @@ func (s *Service) ensureCallback(ctx context.Context, account string) error {
 	return nil
 }
 
-// accepted records the requestId, publishes the accepted events and settles.
-func (s *Service) accepted(ctx context.Context, k batch.Key, g group, reqID string) {
+// acceptance is the outcome of a call ThingSpace took: its record and
+// events, and whether the record and the deadline are stored (done closes).
+type acceptance struct {
+	k    batch.Key
+	g    group
+	rec  *correlation.Record
+	evs  []status.Event
+	done chan struct{}
+	err  error // of the record or the deadline, once done is closed
+}
+
+// startAccepted stores the record and the deadline of an accepted call
+// beside the outcome goroutine: they need not wait for the events of the
+// calls before (a callback waits for the record's Published), so the disk
+// is not idle between one call's events and the next's.
+func (s *Service) startAccepted(ctx context.Context, k batch.Key, g group, reqID string) *acceptance {
 	now := time.Now().UTC()
-	rec := &correlation.Record{RequestID: reqID, Action: k.Action, AccountName: k.Account, SubmittedAt: now}
-	var evs []status.Event
+	a := &acceptance{k: k, g: g, done: make(chan struct{}),
+		rec: &correlation.Record{RequestID: reqID, Action: k.Action, AccountName: k.Account, SubmittedAt: now}}
 	for _, d := range g.devices {
 		for _, it := range g.items[d.Key()] {
 			p := it.Ref.(*pending)
-			rec.Devices = append(rec.Devices, correlation.Entry{CommandID: p.id, Device: it.Device})
-			evs = append(evs, status.Event{
+			a.rec.Devices = append(a.rec.Devices, correlation.Entry{CommandID: p.id, Device: it.Device})
+			a.evs = append(a.evs, status.Event{
 				EventID:     status.CommandEventID(status.Accepted, p.id, k.Action, it.Device),
 				CommandID:   p.id,
 				RequestID:   reqID,
@@ -267,29 +284,41 @@ func (s *Service) accepted(ctx context.Context, k batch.Key, g group, reqID stri
 			})
 		}
 	}
-	err := s.putRecord(ctx, rec)
+	s.background.Go(func() {
+		defer close(a.done)
+		a.err = s.putRecord(ctx, a.rec)
+		if a.err == nil {
+			a.err = s.scheduleDeadline(ctx, reqID, k.Action, k.Account, now)
+		}
+	})
+	return a
+}
+
+// accepted stores the accepted events of a (after those of the calls
+// before, on the outcome goroutine), then marks the record published and
+// acknowledges the commands; the acks go out beside the next outcome.
+func (s *Service) accepted(ctx context.Context, a *acceptance) {
+	<-a.done
+	err := a.err
 	if err == nil {
-		err = s.scheduleDeadline(ctx, reqID, k.Action, k.Account, now)
-	}
-	if err == nil {
-		err = s.publish(ctx, evs)
+		err = s.publish(ctx, a.evs)
 	}
 	if err == nil {
 		// Callbacks may be turned into events from now on: they come after
 		// the accepted events on each device's subject.
-		rec.Published = true
-		err = s.putRecord(ctx, rec)
+		a.rec.Published = true
+		err = s.putRecord(ctx, a.rec)
 	}
 	if err != nil {
 		// ThingSpace has the request but its outcome is not durable here:
 		// hand the commands back; the redelivery submits them again.
-		s.log.Error().Err(err).Str(observability.FieldRequestID, reqID).Msg("accepted outcome not stored; commands handed back")
-		s.handBackGroup(g, time.Second)
+		s.log.Error().Err(err).Str(observability.FieldRequestID, a.rec.RequestID).Msg("accepted outcome not stored; commands handed back")
+		s.handBackGroup(a.g, time.Second)
 		return
 	}
-	s.m.devices.WithLabelValues(string(status.Accepted)).Add(float64(len(evs)))
-	s.settleGroup(ctx, g)
-	s.log.Debug().Str(observability.FieldRequestID, reqID).Int(observability.FieldDevices, len(g.devices)).Msg("accepted")
+	s.m.devices.WithLabelValues(string(status.Accepted)).Add(float64(len(a.evs)))
+	s.background.Go(func() { s.settleGroup(ctx, a.g) })
+	s.log.Debug().Str(observability.FieldRequestID, a.rec.RequestID).Int(observability.FieldDevices, len(a.g.devices)).Msg("accepted")
 }
 
 // putRecord stores rec, trying again while NATS is away, until ctx ends.

@@ -69,6 +69,7 @@ type Service struct {
 
 	registered map[string]bool // accounts whose callback URL is registered
 	later      func(func())    // queues a call's outcome for the outcome goroutine (sendLoop's)
+	background sync.WaitGroup  // records, deadlines and acks stored beside the outcome goroutine
 	batches    atomic.Int64    // calls that got a requestId
 }
 
@@ -133,7 +134,7 @@ func (s *Service) Run(ctx context.Context) error {
 	s.ready = broker.NewReadiness(nc)
 	// An async publish whose ack never comes (a stream leader lost with it
 	// in flight) must fail and be sent again, not hang its batch forever.
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096), jetstream.WithPublishAsyncTimeout(10*time.Second))
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096), jetstream.WithPublishAsyncTimeout(publishTimeout))
 	if err != nil {
 		return err
 	}
