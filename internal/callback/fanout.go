@@ -216,7 +216,10 @@ func (f *fanout) handleOne(ctx context.Context, msg *message.Message, it rawCall
 		start := len(in.arena)
 		in.arena = ev.AppendJSON(in.arena)
 		m := &nats.Msg{Subject: ev.Subject(), Data: in.arena[start:len(in.arena):len(in.arena)], Header: nats.Header{nats.MsgIdHdr: []string{ev.EventID}}}
-		fut, err := f.js.PublishMsgAsync(m)
+		// At nats.go's cap of async publishes in flight, wait for a slot as
+		// long as an ack may take, not its default 200 ms: a publish that
+		// fails here sends the whole stored message back for redelivery.
+		fut, err := f.js.PublishMsgAsync(m, jetstream.WithStallWait(f.timeout))
 		if err != nil {
 			return retry("nats", fmt.Errorf("store event on %s: %w", m.Subject, err))
 		}
