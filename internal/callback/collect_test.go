@@ -87,3 +87,17 @@ func TestCollectNeverPassesMaxBatch(t *testing.T) {
 	require.Len(t, <-collected(c), 4)
 	assert.Len(t, c.in, 2, "the rest waits for the next store")
 }
+
+// Each pull loop buffers a few stored messages, whatever the consumer's
+// ack-pending allowance: a message may carry GROUP_COMMIT_MAX callbacks.
+func TestPrefetchStaysSmall(t *testing.T) {
+	for _, tc := range []struct{ maxAckPending, workers, want int }{
+		{20000, 64, maxPrefetch}, // the defaults: 156 before group commit
+		{20000, 1, maxPrefetch},
+		{64, 64, 1}, // fewer than two a worker: one
+		{300, 64, 2},
+	} {
+		got := prefetch(Config{MaxAckPending: tc.maxAckPending, Workers: tc.workers})
+		assert.Equal(t, tc.want, got, "FANOUT_MAX_ACK_PENDING=%d FANOUT_WORKERS=%d", tc.maxAckPending, tc.workers)
+	}
+}

@@ -361,18 +361,20 @@ func (s *service) start(ctx context.Context) (nc, fanConn *nats.Conn, router *me
 	return nc, fanConn, router, g, nil
 }
 
+// maxPrefetch is the most messages one pull loop buffers. A stored message
+// carries up to GROUP_COMMIT_MAX callbacks, and while events are slow to
+// store (sync_interval: always: one fsync each, shared by every worker) one
+// message can take a worker most of a second: 156 buffered messages a loop,
+// as before group commit, outlived the ack wait, were delivered again and
+// their events published twice. Four keep a worker busy (the next pull goes
+// out while two are left) and wait at most three messages' time.
+const maxPrefetch = 4
+
 // prefetch is how many messages each pull loop buffers: enough to keep a
 // worker busy, few enough that the buffered ones are handled well inside
 // the consumer's ack wait.
 func prefetch(cfg Config) int {
-	n := cfg.MaxAckPending / (cfg.Workers * 2)
-	switch {
-	case n > 256:
-		n = 256
-	case n < 1:
-		n = 1
-	}
-	return n
+	return min(max(cfg.MaxAckPending/(cfg.Workers*2), 1), maxPrefetch)
 }
 
 // missTTL is how long a missing record is remembered: short against the
