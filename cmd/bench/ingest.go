@@ -35,7 +35,9 @@ type loadRun struct {
 	backlog   uint64        // callbacks not yet fanned out at the window's end
 	drain     time.Duration // from the window's end until nothing was left
 	drained   bool
-	redeliv   int // raw messages the fan-out consumer delivered again (ack wait passed, or handed back)
+	redeliv   int // most raw messages awaiting their ack after a second delivery, seen while draining
+	dups      float64 // events the fan-out found stored already (a callback handled twice)
+	retries   float64 // fan-out runs that handed their message back
 	rss       int64
 	natsRSS   int64
 	cores     map[string]float64
@@ -110,6 +112,7 @@ func (b *bench) runIngest(ctx context.Context, name string, l ingestLaunch) (loa
 	if err != nil {
 		return r, err
 	}
+	_, admin, _ := p.awaitMessage(ctx, "ready", "admin_addr", time.Second) // none for the bare handler
 	var meter *cpuMeter
 	var ev0, ev1, raw0, raw1 uint64
 	var t0, t1 time.Time
@@ -147,6 +150,9 @@ func (b *bench) runIngest(ctx context.Context, name string, l ingestLaunch) (loa
 		r.rawWin = raw1 - raw0
 		r.events = float64(ev1-ev0) / t1.Sub(t0).Seconds()
 		r.backlog, r.drain, r.drained, r.redeliv = b.awaitFanout(ctx, js, t1)
+		if m, err := scrape(ctx, admin); err == nil {
+			r.dups, r.retries = m["esim_ingest_events_duplicate_total"], m["esim_ingest_fanout_retries_total"]
+		}
 	}
 	b.log.Info().Str("run", name).Float64("answered_per_s", math.Round(r.res.rate())).Float64("events_per_s", math.Round(r.events)).
 		Dur("p50", percentile(r.res.lat, 0.5)).Dur("p99", percentile(r.res.lat, 0.99)).Int64("errors", r.res.errs+r.res.bad).
@@ -155,8 +161,9 @@ func (b *bench) runIngest(ctx context.Context, name string, l ingestLaunch) (loa
 }
 
 // awaitFanout waits until the fan-out consumer has nothing pending, and
-// says how much was left at from, how long it took from then and how many
-// messages the consumer had delivered more than once.
+// says how much was left at from, how long it took from then and the most
+// messages awaiting their ack after a second delivery it saw meanwhile (the
+// consumer counts only those still pending).
 func (b *bench) awaitFanout(ctx context.Context, js jetstream.JetStream, from time.Time) (backlog uint64, took time.Duration, ok bool, redelivered int) {
 	deadline := time.Now().Add(b.s.runTimeout)
 	first := true
@@ -173,7 +180,7 @@ func (b *bench) awaitFanout(ctx context.Context, js jetstream.JetStream, from ti
 			if first {
 				backlog, first = left, false
 			}
-			redelivered = info.NumRedelivered
+			redelivered = max(redelivered, info.NumRedelivered)
 			if left == 0 {
 				return backlog, time.Since(from), true, redelivered
 			}
@@ -202,7 +209,10 @@ func (r loadRun) info(name string, k ingestKind) runInfo {
 			x.notes += ", not drained within the run limit"
 		}
 		if r.redeliv > 0 {
-			x.notes += fmt.Sprintf("; %s raw messages delivered again by the fan-out consumer", count(r.redeliv))
+			x.notes += fmt.Sprintf("; up to %s raw messages delivered a second time awaited their ack", count(r.redeliv))
+		}
+		if r.dups > 0 || r.retries > 0 {
+			x.notes += fmt.Sprintf("; fan-out: %s events already stored, %s messages handed back", count(int64(r.dups)), count(int64(r.retries)))
 		}
 	}
 	return x
