@@ -53,7 +53,8 @@ type ingestLaunch struct {
 }
 
 // putRecords stores the requestId records the load generator's callbacks
-// name, as the dispatcher would have before ThingSpace called back.
+// name, as the dispatcher leaves them once their accepted events are stored
+// (published: the fan-out takes them at first sight).
 func putRecords(ctx context.Context, js jetstream.JetStream) error {
 	store, err := correlation.Open(ctx, js)
 	if err != nil {
@@ -61,7 +62,7 @@ func putRecords(ctx context.Context, js jetstream.JetStream) error {
 	}
 	now := time.Now().UTC()
 	for r := range int64(recordCount) {
-		rec := &correlation.Record{RequestID: requestID(r), Action: "enable", AccountName: benchAccount, SubmittedAt: now,
+		rec := &correlation.Record{RequestID: requestID(r), Action: "enable", AccountName: benchAccount, SubmittedAt: now, Published: true,
 			Devices: make([]correlation.Entry, perRequest)}
 		for j := range int64(perRequest) {
 			i := r*perRequest + j
