@@ -35,7 +35,7 @@ type loadRun struct {
 	backlog   uint64        // callbacks not yet fanned out at the window's end
 	drain     time.Duration // from the window's end until nothing was left
 	drained   bool
-	redeliv   int // most raw messages awaiting their ack after a second delivery, seen while draining
+	redeliv   int     // most raw messages awaiting their ack after a second delivery, seen while draining
 	dups      float64 // events the fan-out found stored already (a callback handled twice)
 	retries   float64 // fan-out runs that handed their message back
 	rss       int64
