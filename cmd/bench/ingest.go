@@ -38,6 +38,7 @@ type loadRun struct {
 	redeliv   int     // most raw messages awaiting their ack after a second delivery, seen while draining
 	dups      float64 // events the fan-out found stored already (a callback handled twice)
 	retries   float64 // fan-out runs that handed their message back
+	storeWait float64 // mean seconds from a callback's receipt to its store's ack
 	rss       int64
 	natsRSS   int64
 	cores     map[string]float64
@@ -153,6 +154,9 @@ func (b *bench) runIngest(ctx context.Context, name string, l ingestLaunch) (loa
 		r.backlog, r.drain, r.drained, r.redeliv = b.awaitFanout(ctx, js, t1)
 		if m, err := scrape(ctx, admin); err == nil {
 			r.dups, r.retries = m["esim_ingest_events_duplicate_total"], m["esim_ingest_fanout_retries_total"]
+			if n := m["esim_ingest_callback_store_seconds_count"]; n > 0 {
+				r.storeWait = m["esim_ingest_callback_store_seconds_sum"] / n
+			}
 		}
 	}
 	b.log.Info().Str("run", name).Float64("answered_per_s", math.Round(r.res.rate())).Float64("events_per_s", math.Round(r.events)).
@@ -202,6 +206,9 @@ func (r loadRun) info(name string, k ingestKind) runInfo {
 	if k != ingestBaseline {
 		if r.rawWin > 0 {
 			x.notes += fmt.Sprintf("; raw messages stored %s (%.1f callbacks each)", count(r.rawWin), float64(r.res.ok)/float64(r.rawWin))
+		}
+		if r.storeWait > 0 {
+			x.notes += fmt.Sprintf("; receipt to stored %.1f ms on average", r.storeWait*1000)
 		}
 		x.notes += fmt.Sprintf("; events %s in the window (%s); fan-out backlog at the end %s", count(r.eventsWin), perSec(r.events), count(r.backlog))
 		if r.drained {
