@@ -57,7 +57,7 @@ func (s *settings) declare(set *config.Set) {
 	set.Duration(&s.load, "load-duration", "BENCH_LOAD_DURATION", 10*time.Second, "measured window of each callback load run")
 	set.Duration(&s.warmup, "warmup", "BENCH_WARMUP", time.Second, "unmeasured start of each callback load run")
 	set.Int(&s.conns, "connections", "BENCH_CONNECTIONS", 64, "keep-alive connections of the callback load generator")
-	set.Int(&s.rounds, "rounds", "BENCH_ROUNDS", 3, "runs of each side, taken in turn, of the ingest's closed loop and of the sync-always dispatcher against its publishers; the table gives the median of each")
+	set.Int(&s.rounds, "rounds", "BENCH_ROUNDS", 3, "runs of each side, taken in turn, of the dispatcher against its program (1), the ingest's closed loop (2) and the sync-always dispatcher against its publishers (4); the table gives the median of each")
 	set.Duration(&s.runTimeout, "run-timeout", "BENCH_RUN_TIMEOUT", 150*time.Second, "limit of one run; a run that hits it reports what it did")
 	set.Duration(&s.deadline, "deadline", "BENCH_DEADLINE", 9*time.Minute+30*time.Second, "limit of the whole bench")
 	set.Bool(&s.profile, "profile", "BENCH_PROFILE", true, "run the CPU profiling passes and put their top functions in the report")
