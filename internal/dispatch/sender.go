@@ -252,7 +252,6 @@ func (s *Service) ensureCallback(ctx context.Context, account string) error {
 // acceptance is the outcome of a call ThingSpace took: its record and
 // events, and whether the record and the deadline are stored (done closes).
 type acceptance struct {
-	k    batch.Key
 	g    group
 	rec  *correlation.Record
 	evs  []status.Event
@@ -266,7 +265,7 @@ type acceptance struct {
 // is not idle between one call's events and the next's.
 func (s *Service) startAccepted(ctx context.Context, k batch.Key, g group, reqID string) *acceptance {
 	now := time.Now().UTC()
-	a := &acceptance{k: k, g: g, done: make(chan struct{}),
+	a := &acceptance{g: g, done: make(chan struct{}),
 		rec: &correlation.Record{RequestID: reqID, Action: k.Action, AccountName: k.Account, SubmittedAt: now}}
 	for _, d := range g.devices {
 		for _, it := range g.items[d.Key()] {
