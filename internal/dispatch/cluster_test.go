@@ -3,6 +3,7 @@ package dispatch_test
 import (
 	"context"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -120,8 +121,13 @@ func TestAFleetOnAClusterBehavesAsOne(t *testing.T) {
 	}
 	twice := 0
 	for d := range ordered {
-		got := seen[iccid(d)]
-		require.Equal(t, steps, got, "device %d keeps its order", d)
+		// The call in flight at the stop may be made again (its outcome
+		// not stored yet): a step repeated at once, never one out of order.
+		got := slices.Compact(slices.Clone(seen[iccid(d)]))
+		require.Equal(t, steps, got, "device %d keeps its order (calls %v)", d, seen[iccid(d)])
+		if len(seen[iccid(d)]) > len(got) {
+			twice++
+		}
 	}
 	for i := range singles {
 		if len(seen[iccid(1000+i)]) > 1 {

@@ -55,6 +55,7 @@ func (s *Service) accept(ctx context.Context, msg jetstream.Msg, meta *jetstream
 	id := command.CommandID(cmd.ID, msg.Headers().Get(nats.MsgIdHdr), meta.Stream, meta.Sequence.Stream)
 	p := &pending{
 		msg:     msg,
+		seq:     meta.Sequence.Stream,
 		id:      id,
 		action:  string(cmd.Action),
 		account: cmd.AccountName,

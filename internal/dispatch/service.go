@@ -1,11 +1,13 @@
 package dispatch
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"net/http"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -317,6 +319,7 @@ func (s *Service) keepAlive(ctx context.Context, cons jetstream.Consumer) {
 // pending is one command message between intake and its ack.
 type pending struct {
 	msg       jetstream.Msg
+	seq       uint64 // stream sequence
 	id        string
 	action    string
 	account   string
@@ -427,6 +430,10 @@ func (s *Service) handBackAll() {
 	s.batcher.Drain()
 	s.mu.Unlock()
 	held := s.heldNow()
+	// In stream order: nats-server redelivers naked messages in the order
+	// of the naks, and the dispatcher that takes over must see one
+	// device's commands in the order they were published.
+	slices.SortFunc(held, func(a, b *pending) int { return cmp.Compare(a.seq, b.seq) })
 	for _, p := range held {
 		s.handBack(p, 0)
 	}
