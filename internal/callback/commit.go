@@ -158,23 +158,24 @@ func (c *committer) collect(ctx context.Context, batch []*pending) ([]*pending, 
 		batch = append(batch, p)
 	}
 	size := len(batch[0].body)
+	take := func(p *pending) { batch = append(batch, p); size += len(p.body) }
 	full := func() bool { return len(batch) >= c.maxBatch || size >= c.maxBytes }
 	var late <-chan time.Time
+gather:
 	for !full() {
 		select {
 		case p := <-c.in:
-			batch = append(batch, p)
-			size += len(p.body)
+			take(p)
 			continue
 		default:
 		}
 		if c.inflight.Load() == 0 || len(batch) >= c.minBatch {
-			break
+			break gather
 		}
 		if late == nil {
 			wait := c.maxWait - time.Since(batch[0].parsed.receivedAt)
 			if wait <= 0 {
-				break
+				break gather
 			}
 			t := time.NewTimer(wait)
 			defer t.Stop()
@@ -182,15 +183,12 @@ func (c *committer) collect(ctx context.Context, batch []*pending) ([]*pending, 
 		}
 		select {
 		case p := <-c.in:
-			batch = append(batch, p)
-			size += len(p.body)
+			take(p)
 		case <-c.idle: // look again: another store may have begun since
 		case <-late:
-			c.inflight.Add(1)
-			return batch, true
+			break gather
 		case <-ctx.Done():
-			c.inflight.Add(1)
-			return batch, true // store what was taken: its callers wait
+			break gather // store what was taken: its callers wait
 		}
 	}
 	c.inflight.Add(1)
