@@ -209,3 +209,37 @@ func (b *Batcher) Drain() []*Batch {
 
 // Items counts the items waiting.
 func (b *Batcher) Items() int { return b.items }
+
+// Remove takes the items drop picks out of b (a batch already taken), with
+// the devices no remaining item asks for, and returns them in their order.
+func (b *Batch) Remove(drop func(Item) bool) []Item {
+	var out []Item
+	kept := b.Items[:0]
+	for _, it := range b.Items {
+		if drop(it) {
+			out = append(out, it)
+		} else {
+			kept = append(kept, it)
+		}
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	clear(b.Items[len(kept):])
+	b.Items = kept
+	asked := make(map[string]bool, len(kept))
+	for _, it := range kept {
+		asked[it.Device.Key()] = true
+	}
+	devs := b.Devices[:0]
+	b.devs = make(map[string]int, len(asked))
+	for _, d := range b.Devices {
+		if k := d.Key(); asked[k] {
+			b.devs[k] = len(devs)
+			devs = append(devs, d)
+		}
+	}
+	clear(b.Devices[len(devs):])
+	b.Devices = devs
+	return out
+}

@@ -110,3 +110,22 @@ func refs(g *batch.Batch) []any {
 	}
 	return out
 }
+
+func TestRemoveKeepsTheDevicesOtherItemsStillAskFor(t *testing.T) {
+	b, _ := newBatcher(t, 10, time.Second)
+	b.Add(enable, batch.Item{Device: dev(1), Ref: "c1"})
+	b.Add(enable, batch.Item{Device: dev(2), Ref: "c1"})
+	b.Add(enable, batch.Item{Device: dev(2), Ref: "c2"})
+	b.Add(enable, batch.Item{Device: dev(3), Ref: "c2"})
+	g := b.Take(true)
+	require.Nil(t, g.Remove(func(batch.Item) bool { return false }))
+
+	out := g.Remove(func(it batch.Item) bool { return it.Ref == "c2" })
+	require.Equal(t, []batch.Item{{Device: dev(2), Ref: "c2"}, {Device: dev(3), Ref: "c2"}}, out)
+	require.Equal(t, []batch.Item{{Device: dev(1), Ref: "c1"}, {Device: dev(2), Ref: "c1"}}, g.Items)
+	require.Equal(t, []device.Set{dev(1), dev(2)}, g.Devices, "device 2 stays: command c1 asks for it too")
+
+	g.Remove(func(batch.Item) bool { return true })
+	require.Empty(t, g.Items)
+	require.Empty(t, g.Devices)
+}

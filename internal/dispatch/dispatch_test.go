@@ -2,6 +2,7 @@ package dispatch_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
@@ -250,4 +251,50 @@ func TestAStoppedDispatcherHandsItsWorkToTheNext(t *testing.T) {
 		}
 	}
 	require.Len(t, accepted, n, "every command ends accepted")
+}
+
+// A call that fails after its attempts hands its commands back for a later
+// delivery; the commands behind it that name the same devices must not
+// reach ThingSpace first (the contract: one device's commands in publish
+// order).
+func TestADeviceKeepsItsOrderWhenItsCallIsHandedBack(t *testing.T) {
+	e := newEnv(t, simulator.Faults{ErrorShare: 0.3})
+	e.watch()
+	steps := []string{"enable", "disable", "enable", "disable"}
+	const devices = 8
+	for si, action := range steps {
+		for d := range devices {
+			e.publish(action, enableBody(fmt.Sprintf("order-%d-%d", si, d), d), "")
+		}
+	}
+	e.start(e.config(func(c *dispatch.Config) {
+		c.MaxAttempts = 1 // a 500 hands the call's commands back at once
+		c.MaxDeliver = 100
+		c.BatchMaxDevices = 4
+	}))
+	e.waitCount(status.Accepted, len(steps)*devices, 2*time.Minute)
+
+	seen := map[string][]string{}
+	failed := 0
+	for _, c := range e.sim.Calls() {
+		if !strings.Contains(c.Path, "/profile/actions/") {
+			continue
+		}
+		if c.Status != 200 {
+			failed++
+			continue
+		}
+		for _, ids := range c.Devices {
+			for _, id := range ids {
+				if id.Kind == "iccid" {
+					seen[id.ID] = append(seen[id.ID], c.Action)
+				}
+			}
+		}
+	}
+	require.Positive(t, failed, "some calls failed and were handed back")
+	for d := range devices {
+		require.Equal(t, steps, seen[iccid(d)], "device %d keeps its order", d)
+	}
+	require.Eventually(t, func() bool { return e.unacked() == 0 }, 10*time.Second, 20*time.Millisecond)
 }

@@ -11,6 +11,11 @@
 //	sender (one goroutine) -> rate token -> ThingSpace call (retry, bisect on 400)
 //	                       -> requestId record -> accepted events -> ack
 //
+// One device's commands leave in publish order: the batcher seals a batch
+// when a device in it is asked for under another key, the sender makes one
+// call at a time, and a command handed back for a later delivery fences its
+// devices until it is sent again (order.go).
+//
 // It is an application package: it may import models, adapters and leaves,
 // never cmd or the callback package. The interfaces it needs of ThingSpace
 // are declared here.

@@ -87,6 +87,7 @@ func (s *Service) accept(ctx context.Context, msg jetstream.Msg, meta *jetstream
 		}
 		if err := s.publish(ctx, evs); err != nil {
 			s.log.Warn().Err(err).Str(observability.FieldCommandID, id).Msg("rejected events not stored; command handed back")
+			s.fenceDevices(cmd.Devices, p.seq)
 			s.handBack(p, time.Second)
 			return
 		}
@@ -105,6 +106,9 @@ func (s *Service) accept(ctx context.Context, msg jetstream.Msg, meta *jetstream
 			s.settle(ctx, p, done)
 		}
 	}
+	// Back after a hand-back: devices already done need not hold back
+	// their later commands (the others lift their fences as they leave).
+	s.liftDone(p.seq, cmd.Devices, devices)
 	if len(devices) == 0 {
 		return
 	}
@@ -115,10 +119,7 @@ func (s *Service) accept(ctx context.Context, msg jetstream.Msg, meta *jetstream
 		s.batcher.Add(key, batch.Item{Device: d.IDs, Ref: p})
 	}
 	s.mu.Unlock()
-	select {
-	case s.wake <- struct{}{}:
-	default:
-	}
+	s.wakeUp()
 }
 
 // notYetDone returns the devices whose latest status event is not one of

@@ -14,6 +14,7 @@ type metrics struct {
 	throttled      prometheus.Counter
 	deadLetters    prometheus.Counter
 	held           prometheus.Gauge
+	parked         prometheus.Gauge
 	pending        prometheus.Gauge
 	duplicateCalls prometheus.Counter
 }
@@ -55,6 +56,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		held: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "esim_dispatcher_commands_held", Help: "Commands taken in and not yet acknowledged.",
 		}),
+		parked: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "esim_dispatcher_devices_parked", Help: "Devices of held commands waiting for an earlier command of theirs, handed back, to come back.",
+		}),
 		pending: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "esim_dispatcher_consumer_pending", Help: "Commands in the stream not yet delivered to the dispatchers (consumer lag).",
 		}),
@@ -63,6 +67,6 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 	}
 	reg.MustRegister(m.commands, m.devices, m.batches, m.batchFull, m.batchSize, m.calls, m.callSeconds,
-		m.retries, m.throttled, m.deadLetters, m.held, m.pending, m.duplicateCalls)
+		m.retries, m.throttled, m.deadLetters, m.held, m.parked, m.pending, m.duplicateCalls)
 	return m
 }

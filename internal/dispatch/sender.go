@@ -56,6 +56,12 @@ func (s *Service) sendLoop(stop, work context.Context) {
 		}
 		s.mu.Lock()
 		b := s.batcher.Take(false)
+		if b != nil {
+			s.takeLocked(b)
+			if len(b.Devices) == 0 {
+				b = nil
+			}
+		}
 		var opts command.Options
 		if b != nil {
 			// Kept for the life of the process: there are few distinct keys.
@@ -140,6 +146,9 @@ func (s *Service) submit(stop, work context.Context, k batch.Key, opts command.O
 	case thingspace.IsPermanent(err) && isBadRequest(err):
 		s.later(func() { s.rejected(work, k, g, err) })
 	default:
+		// Fenced now, before the next call: the commands behind these
+		// that name the same devices must wait for their return.
+		s.fenceGroup(g)
 		s.later(func() { s.failedCall(work, k, g, err) })
 	}
 }
@@ -427,7 +436,9 @@ func (s *Service) settleGroup(ctx context.Context, g group) {
 	}
 }
 
+// handBackGroup hands back the commands of g, their devices fenced.
 func (s *Service) handBackGroup(g group, delay time.Duration) {
+	s.fenceGroup(g)
 	for _, its := range g.items {
 		for _, it := range its {
 			s.handBack(it.Ref.(*pending), delay)

@@ -67,6 +67,8 @@ type Service struct {
 	batcher *batch.Batcher
 	options map[batch.Key]command.Options // call options of each batch key
 	held    map[*pending]struct{}
+	fences  map[string]fence // device key -> its command handed back (see order.go)
+	parked  []parkedItem     // later commands' devices waiting for a fence
 	wake    chan struct{}
 
 	registered map[string]bool // accounts whose callback URL is registered
@@ -89,7 +91,7 @@ func New(cfg Config, log zerolog.Logger, opts ...Option) (*Service, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Service{cfg: cfg, log: log, held: map[*pending]struct{}{}, options: map[batch.Key]command.Options{}, wake: make(chan struct{}, 1), registered: map[string]bool{}}
+	s := &Service{cfg: cfg, log: log, held: map[*pending]struct{}{}, fences: map[string]fence{}, options: map[batch.Key]command.Options{}, wake: make(chan struct{}, 1), registered: map[string]bool{}}
 	for _, o := range opts {
 		o(s)
 	}
@@ -308,6 +310,7 @@ func (s *Service) keepAlive(ctx context.Context, cons jetstream.Consumer) {
 				_ = p.msg.InProgress()
 			}
 		}
+		s.expireFences(time.Now())
 		ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		if info, err := cons.Info(ictx); err == nil {
 			s.m.pending.Set(float64(info.NumPending))
@@ -428,6 +431,7 @@ func (s *Service) heldNow() []*pending {
 func (s *Service) handBackAll() {
 	s.mu.Lock()
 	s.batcher.Drain()
+	s.parked, s.fences = nil, map[string]fence{}
 	s.mu.Unlock()
 	held := s.heldNow()
 	// In stream order: nats-server redelivers naked messages in the order
