@@ -1,6 +1,7 @@
 package dispatch_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"strconv"
@@ -8,8 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
+	"github.com/esim-pipeline/thingspace-esim/internal/broker"
 	"github.com/esim-pipeline/thingspace-esim/internal/dispatch"
 	"github.com/esim-pipeline/thingspace-esim/internal/simulator"
 	"github.com/esim-pipeline/thingspace-esim/internal/status"
@@ -296,5 +299,58 @@ func TestADeviceKeepsItsOrderWhenItsCallIsHandedBack(t *testing.T) {
 	for d := range devices {
 		require.Equal(t, steps, seen[iccid(d)], "device %d keeps its order", d)
 	}
+	require.Eventually(t, func() bool { return e.unacked() == 0 }, 10*time.Second, 20*time.Millisecond)
+}
+
+// A dispatcher that takes over while a command another one took is still
+// out (not acknowledged, its ack wait not over: a dispatcher killed, or a
+// hand-back lost with a NATS node) sends that device's later commands only
+// after it; other devices do not wait.
+func TestATakeoverSendsNothingBeforeTheCommandsStillOut(t *testing.T) {
+	e := newEnv(t, simulator.Faults{})
+	e.watch()
+	cfg := e.config(func(c *dispatch.Config) { c.AckWait = 3 * time.Second })
+	require.NoError(t, e.start(cfg)()) // creates the consumer, then leaves
+	ctx := context.Background()
+
+	// The "other dispatcher" takes the first command and vanishes with it.
+	e.publish("enable", enableBody("out-enable", 1), "")
+	cons, err := e.js.Consumer(ctx, broker.CommandStream, broker.DispatcherConsumer)
+	require.NoError(t, err)
+	got, err := cons.Fetch(1, jetstream.FetchPriorityGroup(dispatch.PriorityGroup), jetstream.FetchMaxWait(5*time.Second))
+	require.NoError(t, err)
+	n := 0
+	for range got.Messages() {
+		n++
+	}
+	require.Equal(t, 1, n)
+	st, err := e.js.Stream(ctx, broker.CommandStream)
+	require.NoError(t, err)
+	require.NoError(t, st.UnpinConsumer(ctx, broker.DispatcherConsumer, dispatch.PriorityGroup))
+
+	e.publish("disable", enableBody("later-disable", 1), "")
+	e.publish("enable", enableBody("other-enable", 2), "")
+	e.start(cfg)
+	e.waitCount(status.Accepted, 3, 30*time.Second)
+
+	seen := map[string][]string{}
+	at := map[string]time.Time{}
+	for _, c := range e.sim.Calls() {
+		if c.Status != 200 || !strings.Contains(c.Path, "/profile/actions/") {
+			continue
+		}
+		for _, ids := range c.Devices {
+			for _, id := range ids {
+				if id.Kind == "iccid" {
+					seen[id.ID] = append(seen[id.ID], c.Action)
+					if _, ok := at[id.ID]; !ok {
+						at[id.ID] = c.At
+					}
+				}
+			}
+		}
+	}
+	require.Equal(t, []string{"enable", "disable"}, seen[iccid(1)], "device 1's disable waited for its enable")
+	require.True(t, at[iccid(2)].Before(at[iccid(1)]), "device 2 did not wait for device 1's command")
 	require.Eventually(t, func() bool { return e.unacked() == 0 }, 10*time.Second, 20*time.Millisecond)
 }

@@ -30,6 +30,11 @@ func (s *Service) intake(ctx context.Context, msg jetstream.Msg) {
 	if meta.NumDelivered > 1 {
 		s.m.duplicateCalls.Inc()
 	}
+	if s.idle() {
+		// Nothing in hand: commands below this one that are not
+		// acknowledged (another dispatcher's) go first (order.go).
+		s.fenceUnacked(ctx, meta.Sequence.Stream)
+	}
 	log := s.log.With().Str(observability.FieldSubject, msg.Subject()).Uint64("stream_seq", meta.Sequence.Stream).Logger()
 
 	action, err := command.ActionFromSubject(msg.Subject())

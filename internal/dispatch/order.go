@@ -2,11 +2,16 @@ package dispatch
 
 import (
 	"cmp"
+	"context"
 	"slices"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/esim-pipeline/thingspace-esim/internal/batch"
+	"github.com/esim-pipeline/thingspace-esim/internal/broker"
 	"github.com/esim-pipeline/thingspace-esim/internal/command"
+	"github.com/esim-pipeline/thingspace-esim/internal/device"
 	"github.com/esim-pipeline/thingspace-esim/internal/observability"
 )
 
@@ -201,5 +206,116 @@ func (s *Service) wakeUp() {
 	select {
 	case s.wake <- struct{}{}:
 	default:
+	}
+}
+
+// A dispatcher that takes over (or starts, or had nothing in hand) cannot
+// see what another one held: a command the other took and did not finish
+// comes back only after its ack wait (or its hand-back, which a NATS node
+// going away can lose), and the newer commands this one gets meanwhile
+// must not overtake it. So when a command comes with none held here, the
+// commands below it that the consumer has not seen acknowledged are read
+// from the stream and fence their devices, as a hand-back does. A fence
+// lifts when its command is sent from here, when the consumer's ack floor
+// passes it (the other dispatcher finished it), or after fenceTTL.
+
+// idle reports whether this dispatcher holds no command.
+func (s *Service) idle() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.held) == 0
+}
+
+// fenceUnacked fences the devices of the commands below stream sequence seq
+// that are not acknowledged. Its own acks sent a moment ago may not be
+// counted yet: it looks again for up to half a second before reading.
+func (s *Service) fenceUnacked(ctx context.Context, seq uint64) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var floor uint64
+	for try := 0; ; try++ {
+		info, err := s.cons.Info(ctx)
+		if err != nil {
+			s.log.Debug().Err(err).Msg("consumer info for commands not acknowledged")
+			return
+		}
+		floor = info.AckFloor.Stream
+		if floor+1 >= seq {
+			return
+		}
+		if try >= 10 || time.Since(time.Unix(0, s.lastAck.Load())) > time.Second {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	oc, err := s.js.OrderedConsumer(ctx, broker.CommandStream, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{broker.CommandSubjects},
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:    floor + 1,
+	})
+	if err != nil {
+		s.log.Warn().Err(err).Msg("commands not acknowledged cannot be read; their devices are not fenced")
+		return
+	}
+	now := time.Now()
+	commands, devices := 0, 0
+	for done := false; !done; {
+		batch, err := oc.Fetch(1000, jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			break
+		}
+		got := 0
+		for m := range batch.Messages() {
+			got++
+			meta, err := m.Metadata()
+			if err != nil || meta.Sequence.Stream >= seq {
+				done = true
+				continue
+			}
+			action, err := command.ActionFromSubject(m.Subject())
+			if err != nil {
+				continue
+			}
+			cmd, err := command.Decode(action, m.Data(), device.Options{Checksums: s.cfg.Checksums})
+			if err != nil {
+				continue
+			}
+			s.mu.Lock()
+			for _, d := range cmd.Devices {
+				s.fenceLocked(d.IDs.Key(), meta.Sequence.Stream, now)
+			}
+			s.mu.Unlock()
+			commands++
+			devices += len(cmd.Devices)
+		}
+		if got == 0 || batch.Error() != nil {
+			break
+		}
+	}
+	if commands > 0 {
+		s.log.Info().Int("commands", commands).Int(observability.FieldDevices, devices).Uint64("ack_floor", floor).
+			Uint64("stream_seq", seq).Msg("commands below this one not acknowledged: their devices' later commands wait for them")
+	}
+}
+
+// liftAcked lifts the fences of commands at or below the consumer's ack
+// floor: another dispatcher finished them.
+func (s *Service) liftAcked(floor uint64) {
+	s.mu.Lock()
+	lifted := false
+	for k, f := range s.fences {
+		if f.seq <= floor {
+			delete(s.fences, k)
+			lifted = true
+		}
+	}
+	back := lifted && s.unparkLocked()
+	s.mu.Unlock()
+	if back {
+		s.wakeUp()
 	}
 }

@@ -60,6 +60,7 @@ type Service struct {
 
 	nc    *nats.Conn
 	js    jetstream.JetStream
+	cons  jetstream.Consumer
 	store *correlation.Store
 	ready *broker.Readiness
 
@@ -75,6 +76,7 @@ type Service struct {
 	later      func(func())    // queues a call's outcome for the outcome goroutine (sendLoop's)
 	background sync.WaitGroup  // records, deadlines and acks stored beside the outcome goroutine
 	batches    atomic.Int64    // calls that got a requestId
+	lastAck    atomic.Int64    // when a command was last acked, Unix ns
 }
 
 // Stats are running counts of one dispatcher.
@@ -160,6 +162,7 @@ func (s *Service) Run(ctx context.Context) error {
 		}
 		return err
 	}
+	s.cons = cons
 	if s.limiter == nil {
 		fleet, err := ratelimit.NewFleet(ctx, js, ratelimit.FleetConfig{
 			PerSecond: s.cfg.Rate,
@@ -314,6 +317,7 @@ func (s *Service) keepAlive(ctx context.Context, cons jetstream.Consumer) {
 		ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		if info, err := cons.Info(ictx); err == nil {
 			s.m.pending.Set(float64(info.NumPending))
+			s.liftAcked(info.AckFloor.Stream)
 		}
 		cancel()
 	}
@@ -376,6 +380,7 @@ func (s *Service) settle(ctx context.Context, p *pending, n int) {
 // again, and confirmed, once the connection is back: a lost ack means a
 // redelivery, and a redelivery a second look at ThingSpace.
 func (s *Service) ack(p *pending) {
+	s.lastAck.Store(time.Now().UnixNano())
 	if err := p.msg.Ack(); err == nil {
 		return
 	}
