@@ -50,9 +50,13 @@ type Config struct {
 	// Workers is FANOUT_WORKERS: stored messages turned into events at once
 	// (default 64).
 	Workers int
-	// MaxAckPending is FANOUT_MAX_ACK_PENDING: callbacks the fan-out consumer
-	// may hold unacknowledged, including those waiting for a record (default
-	// 20000: two requests' worth of callbacks beating their records).
+	// MaxAckPending is FANOUT_MAX_ACK_PENDING: stored messages the fan-out
+	// consumer may hold unacknowledged, including those waiting for a record
+	// (default 20000). With group commit a stored message carries up to
+	// GROUP_COMMIT_MAX callbacks; a message waiting for its record is handed
+	// back with a delay and counts here meanwhile, so this is the room for
+	// callbacks that beat their records, not a buffer (each pull loop
+	// buffers at most maxPrefetch).
 	MaxAckPending int
 	// RecordCache is RECORD_CACHE: requestId records kept in memory (default
 	// 1024; one record serves up to 10,000 callbacks).
@@ -105,7 +109,7 @@ func (c *Config) Declare(s *config.Set) {
 	s.Duration(&c.CorrelationGrace, "correlation-grace", "CORRELATION_GRACE", DefaultCorrelationGrace, "how long a callback may wait for its requestId record before its event goes out without commandId")
 	s.Duration(&c.RetryDelay, "fanout-retry-delay", "FANOUT_RETRY_DELAY", DefaultRetryDelay, "redelivery delay of a callback whose event cannot be made yet")
 	s.Int(&c.Workers, "fanout-workers", "FANOUT_WORKERS", DefaultWorkers, "callbacks turned into events concurrently")
-	s.Int(&c.MaxAckPending, "fanout-max-ack-pending", "FANOUT_MAX_ACK_PENDING", DefaultMaxAckPending, "unacknowledged callbacks the fan-out consumer may hold")
+	s.Int(&c.MaxAckPending, "fanout-max-ack-pending", "FANOUT_MAX_ACK_PENDING", DefaultMaxAckPending, "unacknowledged stored messages (each up to GROUP_COMMIT_MAX callbacks) the fan-out consumer may hold")
 	s.Int(&c.RecordCache, "record-cache", "RECORD_CACHE", DefaultRecordCache, "requestId records kept in memory")
 	s.Int(&c.StoreWorkers, "store-workers", "STORE_WORKERS", DefaultStoreWorkers, "stores to the callback stream under way at once")
 	s.Int(&c.GroupCommit, "group-commit-max", "GROUP_COMMIT_MAX", DefaultGroupCommit, "most callbacks stored together in one message when many wait (1: each alone)")
