@@ -3,7 +3,6 @@ package dispatch
 import (
 	"context"
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -26,19 +25,7 @@ func TestPublishWaitsForASlotWhenAcksAreSlow(t *testing.T) {
 	ns := natstest.Run(t)
 	// A stand-in for the status stream that acknowledges each event 300 ms
 	// after it came.
-	responder := ns.Connect()
-	var mu sync.Mutex
-	var seen []string
-	_, err := responder.Subscribe(broker.StatusSubjects, func(m *nats.Msg) {
-		mu.Lock()
-		seen = append(seen, m.Header.Get(nats.MsgIdHdr))
-		n := len(seen)
-		mu.Unlock()
-		ack := fmt.Appendf(nil, `{"stream":%q,"seq":%d}`, broker.StatusStream, n)
-		time.AfterFunc(300*time.Millisecond, func() { _ = m.Respond(ack) })
-	})
-	require.NoError(t, err)
-	require.NoError(t, responder.Flush())
+	slow := ns.RunSlowStream(broker.StatusStream, broker.StatusSubjects, 300*time.Millisecond)
 
 	nc := ns.Connect()
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(1), jetstream.WithPublishAsyncTimeout(publishTimeout))
@@ -64,7 +51,6 @@ func TestPublishWaitsForASlotWhenAcksAreSlow(t *testing.T) {
 	defer cancel()
 	require.NoError(t, s.publish(ctx, evs))
 
-	mu.Lock()
-	defer mu.Unlock()
+	seen := slow.Seen(func(m *nats.Msg) string { return m.Header.Get(nats.MsgIdHdr) })
 	require.Equal(t, want, seen, "each event published once, in order")
 }
