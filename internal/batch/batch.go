@@ -243,3 +243,47 @@ func (b *Batch) Remove(drop func(Item) bool) []Item {
 	b.Devices = devs
 	return out
 }
+
+// Keyed is an item with the key of the batch it waited in.
+type Keyed struct {
+	Key  Key
+	Item Item
+}
+
+// Remove takes the items drop picks out of every batch waiting, sealed
+// ones first, each batch's in its order, and drops the batches it leaves
+// empty.
+func (b *Batcher) Remove(drop func(Item) bool) []Keyed {
+	var out []Keyed
+	emptied := func(g *Batch) bool {
+		its := g.Remove(drop)
+		for _, it := range its {
+			out = append(out, Keyed{Key: g.Key, Item: it})
+			k := it.Device.Key()
+			if _, still := g.devs[k]; !still && b.where[k] == g {
+				delete(b.where, k)
+			}
+		}
+		b.items -= len(its)
+		return len(g.Items) == 0
+	}
+	sealed := b.sealed[:0]
+	for _, g := range b.sealed {
+		if !emptied(g) {
+			sealed = append(sealed, g)
+		}
+	}
+	clear(b.sealed[len(sealed):])
+	b.sealed = sealed
+	order := b.order[:0]
+	for _, g := range b.order {
+		if emptied(g) {
+			delete(b.open, g.Key)
+		} else {
+			order = append(order, g)
+		}
+	}
+	clear(b.order[len(order):])
+	b.order = order
+	return out
+}

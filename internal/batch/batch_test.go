@@ -129,3 +129,27 @@ func TestRemoveKeepsTheDevicesOtherItemsStillAskFor(t *testing.T) {
 	require.Empty(t, g.Items)
 	require.Empty(t, g.Devices)
 }
+
+func TestBatcherRemoveTakesItemsOutOfEveryBatch(t *testing.T) {
+	b, _ := newBatcher(t, 2, time.Second)
+	b.Add(enable, batch.Item{Device: dev(1), Ref: "a"})
+	b.Add(enable, batch.Item{Device: dev(2), Ref: "b"}) // full: sealed
+	b.Add(disable, batch.Item{Device: dev(1), Ref: "c"})
+	b.Add(enable, batch.Item{Device: dev(3), Ref: "d"}) // open
+	require.Equal(t, 4, b.Items())
+
+	out := b.Remove(func(it batch.Item) bool { return it.Device == dev(1) })
+	require.Equal(t, []batch.Keyed{{Key: enable, Item: batch.Item{Device: dev(1), Ref: "a"}}, {Key: disable, Item: batch.Item{Device: dev(1), Ref: "c"}}}, out)
+	require.Equal(t, 2, b.Items())
+	// The disable batch is gone; device 1 asked for again opens a new one.
+	b.Add(disable, batch.Item{Device: dev(1), Ref: "e"})
+	var got [][]any
+	for g := b.Take(true); g != nil; g = b.Take(true) {
+		var refs []any
+		for _, it := range g.Items {
+			refs = append(refs, it.Ref)
+		}
+		got = append(got, refs)
+	}
+	require.Equal(t, [][]any{{"b"}, {"d"}, {"e"}}, got)
+}

@@ -92,7 +92,7 @@ func (s *Service) accept(ctx context.Context, msg jetstream.Msg, meta *jetstream
 		}
 		if err := s.publish(ctx, evs); err != nil {
 			s.log.Warn().Err(err).Str(observability.FieldCommandID, id).Msg("rejected events not stored; command handed back")
-			s.fenceDevices(cmd.Devices, p.seq)
+			s.fenceDevices(cmd.Devices, p)
 			s.handBack(p, time.Second)
 			return
 		}
@@ -121,7 +121,7 @@ func (s *Service) accept(ctx context.Context, msg jetstream.Msg, meta *jetstream
 	s.mu.Lock()
 	s.options[key] = cmd.Options
 	for _, d := range devices {
-		s.batcher.Add(key, batch.Item{Device: d.IDs, Ref: p})
+		s.addLocked(key, batch.Item{Device: d.IDs, Ref: p})
 	}
 	s.mu.Unlock()
 	s.wakeUp()

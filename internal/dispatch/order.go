@@ -19,23 +19,28 @@ import (
 // that order among the commands it holds; a command handed back for a later
 // delivery (its call failed, or its outcome could not be stored) leaves it,
 // and the commands behind it that name the same device must not go first.
-// So a hand-back fences its devices: until the command comes back (is taken
-// in again), a later command's item for a fenced device is parked here
-// instead of being sent, and goes back into the batcher, behind the
-// returned command, once the fence is lifted. Parked commands stay held
-// (kept alive, handed back at a stop); nothing about them is acknowledged.
+// So a hand-back fences its devices: while a device has a command out, its
+// later commands' items are parked here instead of being sent (when they
+// come in, or when the batch they wait in is taken). When the command comes
+// back and is taken for its call, its fence lifts, and the parked items no
+// fence holds any more go back into the batcher behind it, together with
+// the device's items still waiting there, in stream order. Parked commands
+// stay held (kept alive, handed back at a stop); nothing about them is
+// acknowledged.
 
-// fence is a device's command handed back for a later delivery.
+// fence is one command of a device handed back for a later delivery.
 type fence struct {
 	seq   uint64    // stream sequence of the command handed back
 	since time.Time // for fenceTTL
 }
 
-// parkedItem is one device of a later command, waiting for its fence.
+// parkedItem is one device of a later command, waiting for its fences.
 type parkedItem struct {
 	key batch.Key
 	it  batch.Item
 }
+
+func seqOf(it batch.Item) uint64 { return it.Ref.(*pending).seq }
 
 // fenceTTL is how long a fence may wait for its command to come back
 // before the commands behind it go anyway (the command may have gone to
@@ -57,32 +62,72 @@ func (s *Service) fenceGroup(g group) {
 	}
 }
 
-// fenceDevices fences devices for the command at stream sequence seq.
-func (s *Service) fenceDevices(devices []command.Device, seq uint64) {
+// fenceDevices fences devices for p, unless p will not come back.
+func (s *Service) fenceDevices(devices []command.Device, p *pending) {
+	if p.last {
+		return
+	}
 	now := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, d := range devices {
-		s.fenceLocked(d.IDs.Key(), seq, now)
+		s.fenceLocked(d.IDs.Key(), p.seq, now)
 	}
 }
 
-// fenceLocked: the earliest command handed back for a device is the one
-// its later commands wait for.
+// fenceLocked records that the device's command at seq is out.
 func (s *Service) fenceLocked(dev string, seq uint64, now time.Time) {
-	if f, ok := s.fences[dev]; ok && f.seq <= seq {
+	fs := s.fences[dev]
+	i, found := slices.BinarySearchFunc(fs, seq, func(f fence, seq uint64) int { return cmp.Compare(f.seq, seq) })
+	if found {
 		return
 	}
-	s.fences[dev] = fence{seq: seq, since: now}
+	s.fences[dev] = slices.Insert(fs, i, fence{seq: seq, since: now})
 }
 
-// parkFencedLocked takes out of b, into the parked items, every item of a
-// command later than its device's fence.
-func (s *Service) parkFencedLocked(b *batch.Batch) {
-	out := b.Remove(func(it batch.Item) bool {
-		f, ok := s.fences[it.Device.Key()]
-		return ok && it.Ref.(*pending).seq > f.seq
-	})
+// blockedLocked reports whether an item of the command at seq must wait: an
+// earlier command of its device is out.
+func (s *Service) blockedLocked(dev string, seq uint64) bool {
+	fs := s.fences[dev]
+	return len(fs) > 0 && fs[0].seq < seq
+}
+
+// liftLocked lifts the device's fence for the command at seq and reports
+// whether it had one.
+func (s *Service) liftLocked(dev string, seq uint64) bool {
+	fs := s.fences[dev]
+	i, found := slices.BinarySearchFunc(fs, seq, func(f fence, seq uint64) int { return cmp.Compare(f.seq, seq) })
+	if !found {
+		return false
+	}
+	if fs = slices.Delete(fs, i, i+1); len(fs) == 0 {
+		delete(s.fences, dev)
+	} else {
+		s.fences[dev] = fs
+	}
+	return true
+}
+
+// addLocked puts an item of a command just taken in into the batcher, or
+// parks it while an earlier command of its device is out.
+func (s *Service) addLocked(k batch.Key, it batch.Item) {
+	if len(s.fences) > 0 && s.blockedLocked(it.Device.Key(), seqOf(it)) {
+		s.parked = append(s.parked, parkedItem{key: k, it: it})
+		s.m.parked.Set(float64(len(s.parked)))
+		return
+	}
+	s.batcher.Add(k, it)
+}
+
+// takeLocked prepares b, just taken from the batcher, for its call: the
+// items an earlier command out holds back are parked; the items of a
+// command handed back before lift its fence (it leaves now), and what that
+// frees goes back into the batcher, behind b.
+func (s *Service) takeLocked(b *batch.Batch) {
+	if len(s.fences) == 0 {
+		return
+	}
+	out := b.Remove(func(it batch.Item) bool { return s.blockedLocked(it.Device.Key(), seqOf(it)) })
 	for _, it := range out {
 		s.parked = append(s.parked, parkedItem{key: b.Key, it: it})
 	}
@@ -91,30 +136,9 @@ func (s *Service) parkFencedLocked(b *batch.Batch) {
 		s.log.Debug().Int(observability.FieldDevices, len(out)).Str(observability.FieldAction, b.Key.Action).
 			Msg("devices wait for an earlier command handed back")
 	}
-}
-
-// liftLocked lifts the fence a device has for the command at seq and
-// reports whether it had one.
-func (s *Service) liftLocked(dev string, seq uint64) bool {
-	if f, ok := s.fences[dev]; ok && f.seq == seq {
-		delete(s.fences, dev)
-		return true
-	}
-	return false
-}
-
-// takeLocked prepares b, just taken from the batcher, for its call: the
-// items of commands behind a fence are parked; the items of a command that
-// a fence waits for lift it (it leaves now), and what that frees goes back
-// into the batcher, behind b.
-func (s *Service) takeLocked(b *batch.Batch) {
-	if len(s.fences) == 0 {
-		return
-	}
-	s.parkFencedLocked(b)
 	lifted := false
 	for _, it := range b.Items {
-		if s.liftLocked(it.Device.Key(), it.Ref.(*pending).seq) {
+		if s.liftLocked(it.Device.Key(), seqOf(it)) {
 			lifted = true
 		}
 	}
@@ -123,7 +147,7 @@ func (s *Service) takeLocked(b *batch.Batch) {
 	}
 }
 
-// liftDone lifts the fences the command at seq set on devices it no
+// liftDone lifts the fences of the command at seq on the devices it no
 // longer sends (an earlier delivery carried them to ThingSpace), and wakes
 // the send loop if that freed parked items.
 func (s *Service) liftDone(seq uint64, all, sending []command.Device) {
@@ -152,53 +176,84 @@ func (s *Service) liftDone(seq uint64, all, sending []command.Device) {
 	}
 }
 
-// expireFences lifts fences older than fenceTTL (the returned command is
-// not coming to this dispatcher) and wakes the send loop for what that
-// freed.
-func (s *Service) expireFences(now time.Time) {
+// liftWhere lifts every fence lift picks, and wakes the send loop if that
+// freed parked items; it returns how many it lifted.
+func (s *Service) liftWhere(lift func(fence) bool) int {
 	s.mu.Lock()
-	expired := 0
-	for k, f := range s.fences {
-		if now.Sub(f.since) >= s.fenceTTL() {
+	n := 0
+	for k, fs := range s.fences {
+		kept := slices.DeleteFunc(fs, lift)
+		n += len(fs) - len(kept)
+		if len(kept) == 0 {
 			delete(s.fences, k)
-			expired++
+		} else {
+			s.fences[k] = kept
 		}
 	}
-	back := expired > 0 && s.unparkLocked()
+	back := n > 0 && s.unparkLocked()
 	s.mu.Unlock()
-	if expired > 0 {
-		s.log.Warn().Int(observability.FieldDevices, expired).Dur("waited", s.fenceTTL()).
-			Msg("commands handed back did not come back; the devices' later commands go on")
-	}
 	if back {
 		s.wakeUp()
 	}
+	return n
 }
 
-// unparkLocked puts back into the batcher, in stream order, the parked
-// items no fence holds; those of a command finished meanwhile (handed
-// back whole) are dropped: its redelivery brings them.
+// expireFences lifts fences older than fenceTTL: their commands are not
+// coming back to this dispatcher.
+func (s *Service) expireFences(now time.Time) {
+	ttl := s.fenceTTL()
+	if n := s.liftWhere(func(f fence) bool { return now.Sub(f.since) >= ttl }); n > 0 {
+		s.log.Warn().Int("fences", n).Dur("waited", ttl).
+			Msg("commands handed back did not come back; the devices' later commands go on")
+	}
+}
+
+// liftAcked lifts the fences of commands at or below the consumer's ack
+// floor (another dispatcher finished them) and forgets this one's acks
+// below it.
+func (s *Service) liftAcked(floor uint64) {
+	s.liftWhere(func(f fence) bool { return f.seq <= floor })
+	s.mu.Lock()
+	for seq := range s.acked {
+		if seq <= floor {
+			delete(s.acked, seq)
+		}
+	}
+	s.mu.Unlock()
+}
+
+// unparkLocked puts the parked items no fence holds back into the batcher,
+// with the items of their devices still waiting there, all in stream order:
+// a parked item is older than any item of its device that came in after it
+// was parked. Items of a command finished meanwhile (handed back whole) are
+// dropped: its redelivery brings them.
 func (s *Service) unparkLocked() bool {
-	slices.SortStableFunc(s.parked, func(a, b parkedItem) int {
-		return cmp.Compare(a.it.Ref.(*pending).seq, b.it.Ref.(*pending).seq)
-	})
+	var free []batch.Keyed
+	devs := map[string]bool{}
 	kept := s.parked[:0]
-	back := false
 	for _, pi := range s.parked {
-		p := pi.it.Ref.(*pending)
-		if f, ok := s.fences[pi.it.Device.Key()]; ok && p.seq > f.seq {
+		dk := pi.it.Device.Key()
+		if s.blockedLocked(dk, seqOf(pi.it)) {
 			kept = append(kept, pi)
 			continue
 		}
-		if !p.finished.Load() {
-			s.batcher.Add(pi.key, pi.it)
-			back = true
+		if !pi.it.Ref.(*pending).finished.Load() {
+			free = append(free, batch.Keyed{Key: pi.key, Item: pi.it})
+			devs[dk] = true
 		}
 	}
 	clear(s.parked[len(kept):])
 	s.parked = kept
 	s.m.parked.Set(float64(len(s.parked)))
-	return back
+	if len(free) == 0 {
+		return false
+	}
+	free = append(free, s.batcher.Remove(func(it batch.Item) bool { return devs[it.Device.Key()] })...)
+	slices.SortStableFunc(free, func(a, b batch.Keyed) int { return cmp.Compare(seqOf(a.Item), seqOf(b.Item)) })
+	for _, k := range free {
+		s.batcher.Add(k.Key, k.Item)
+	}
+	return true
 }
 
 // wakeUp tells the send loop to look at the batcher again.
@@ -214,10 +269,15 @@ func (s *Service) wakeUp() {
 // comes back only after its ack wait (or its hand-back, which a NATS node
 // going away can lose), and the newer commands this one gets meanwhile
 // must not overtake it. So when a command comes with none held here, the
-// commands below it that the consumer has not seen acknowledged are read
-// from the stream and fence their devices, as a hand-back does. A fence
-// lifts when its command is sent from here, when the consumer's ack floor
-// passes it (the other dispatcher finished it), or after fenceTTL.
+// commands below it that the consumer has not seen acknowledged (and this
+// dispatcher did not acknowledge itself) are read from the stream and fence
+// their devices, as a hand-back does. A fence lifts when its command is
+// sent from here, when the consumer's ack floor passes it (the other
+// dispatcher finished it), or after fenceTTL.
+
+// maxUnackedRead bounds the commands read below a command that comes in
+// with none held.
+const maxUnackedRead = 100_000
 
 // idle reports whether this dispatcher holds no command.
 func (s *Service) idle() bool {
@@ -261,19 +321,31 @@ func (s *Service) fenceUnacked(ctx context.Context, seq uint64) {
 		s.log.Warn().Err(err).Msg("commands not acknowledged cannot be read; their devices are not fenced")
 		return
 	}
+	defer func() {
+		dctx, dcancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		_ = s.js.DeleteConsumer(dctx, broker.CommandStream, oc.CachedInfo().Name)
+		dcancel()
+	}()
 	now := time.Now()
-	commands, devices := 0, 0
-	for done := false; !done; {
-		batch, err := oc.Fetch(1000, jetstream.FetchMaxWait(time.Second))
+	read, commands, devices := 0, 0, 0
+	for done := false; !done && ctx.Err() == nil && read < maxUnackedRead; {
+		msgs, err := oc.Fetch(1000, jetstream.FetchMaxWait(time.Second))
 		if err != nil {
 			break
 		}
 		got := 0
-		for m := range batch.Messages() {
+		for m := range msgs.Messages() {
 			got++
 			meta, err := m.Metadata()
 			if err != nil || meta.Sequence.Stream >= seq {
 				done = true
+				continue
+			}
+			read++
+			s.mu.Lock()
+			_, mine := s.acked[meta.Sequence.Stream]
+			s.mu.Unlock()
+			if mine {
 				continue
 			}
 			action, err := command.ActionFromSubject(m.Subject())
@@ -292,7 +364,7 @@ func (s *Service) fenceUnacked(ctx context.Context, seq uint64) {
 			commands++
 			devices += len(cmd.Devices)
 		}
-		if got == 0 || batch.Error() != nil {
+		if got == 0 || msgs.Error() != nil {
 			break
 		}
 	}
@@ -300,22 +372,8 @@ func (s *Service) fenceUnacked(ctx context.Context, seq uint64) {
 		s.log.Info().Int("commands", commands).Int(observability.FieldDevices, devices).Uint64("ack_floor", floor).
 			Uint64("stream_seq", seq).Msg("commands below this one not acknowledged: their devices' later commands wait for them")
 	}
-}
-
-// liftAcked lifts the fences of commands at or below the consumer's ack
-// floor: another dispatcher finished them.
-func (s *Service) liftAcked(floor uint64) {
-	s.mu.Lock()
-	lifted := false
-	for k, f := range s.fences {
-		if f.seq <= floor {
-			delete(s.fences, k)
-			lifted = true
-		}
-	}
-	back := lifted && s.unparkLocked()
-	s.mu.Unlock()
-	if back {
-		s.wakeUp()
+	if read >= maxUnackedRead || ctx.Err() != nil {
+		s.log.Warn().Int("read", read).Uint64("ack_floor", floor).Uint64("stream_seq", seq).
+			Msg("not every command below this one was read; order across the takeover is not guaranteed for the rest")
 	}
 }

@@ -1,6 +1,7 @@
 package dispatch
 
 import (
+	"strconv"
 	"testing"
 	"time"
 
@@ -12,53 +13,121 @@ import (
 	"github.com/esim-pipeline/thingspace-esim/internal/device"
 )
 
-// The fence's bookkeeping, step by step: a later command of a device whose
-// command was handed back waits, goes back behind it when it is sent again,
-// and goes anyway once the fence is too old.
-func TestFencedDevicesWaitForTheCommandHandedBack(t *testing.T) {
+var (
+	enableKey  = batch.Key{Action: "enable", Account: "A"}
+	disableKey = batch.Key{Action: "disable", Account: "A"}
+	devA       = device.Set{}.With(device.ICCID, "89148000000000000001")
+	devB       = device.Set{}.With(device.ICCID, "89148000000000000002")
+)
+
+// fenceService is a dispatcher with nothing but its batcher and fences.
+func fenceService(t *testing.T) *Service {
+	t.Helper()
 	b, err := batch.New(batch.Config{Default: 10, MaxWait: time.Hour})
 	require.NoError(t, err)
-	s := &Service{cfg: Config{AckWait: 10 * time.Second}, log: zerolog.Nop(), m: newMetrics(prometheus.NewRegistry()),
-		batcher: b, fences: map[string]fence{}, wake: make(chan struct{}, 1)}
-	enable := batch.Key{Action: "enable", Account: "A"}
-	disable := batch.Key{Action: "disable", Account: "A"}
-	devA := device.Set{}.With(device.ICCID, "89148000000000000001")
-	devB := device.Set{}.With(device.ICCID, "89148000000000000002")
-	first, later, other := &pending{seq: 1}, &pending{seq: 2}, &pending{seq: 3}
-	take := func() *batch.Batch {
-		t.Helper()
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		g := s.batcher.Take(true)
-		require.NotNil(t, g)
-		s.takeLocked(g)
-		return g
-	}
-	devices := func(g *batch.Batch) []device.Set { return g.Devices }
+	return &Service{cfg: Config{AckWait: 10 * time.Second}, log: zerolog.Nop(), m: newMetrics(prometheus.NewRegistry()),
+		batcher: b, fences: map[string][]fence{}, acked: map[uint64]struct{}{}, wake: make(chan struct{}, 1)}
+}
 
-	// The call of the first command (device A) failed: handed back.
-	s.fenceGroup(group{devices: []device.Set{devA}, items: map[string][]batch.Item{devA.Key(): {{Device: devA, Ref: first}}}})
-	s.batcher.Add(disable, batch.Item{Device: devA, Ref: later})
-	s.batcher.Add(disable, batch.Item{Device: devB, Ref: other})
-	require.Equal(t, []device.Set{devB}, devices(take()), "device A waits for its first command")
+// add takes in the item of device d of the command at seq, as accept does.
+func (s *Service) add(k batch.Key, d device.Set, seq uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.addLocked(k, batch.Item{Device: d, Ref: &pending{seq: seq}})
+}
+
+// sent takes what the send loop would send next, as action@seq per item,
+// until the batcher is empty.
+func (s *Service) sent(t *testing.T) []string {
+	t.Helper()
+	var out []string
+	for {
+		s.mu.Lock()
+		g := s.batcher.Take(true)
+		if g != nil {
+			s.takeLocked(g)
+		}
+		s.mu.Unlock()
+		if g == nil {
+			return out
+		}
+		for _, it := range g.Items {
+			out = append(out, g.Key.Action+"@"+it.Device.Get(device.ICCID)[18:]+"/"+strconv.FormatUint(seqOf(it), 10))
+		}
+	}
+}
+
+// A later command of a device whose command was handed back waits, and
+// goes behind it when it is sent again; other devices do not wait.
+func TestFencedDevicesWaitForTheCommandHandedBack(t *testing.T) {
+	s := fenceService(t)
+	s.fenceGroup(group{devices: []device.Set{devA}, items: map[string][]batch.Item{devA.Key(): {{Device: devA, Ref: &pending{seq: 1}}}}})
+	s.add(disableKey, devA, 2)
+	s.add(disableKey, devB, 3)
+	require.Equal(t, []string{"disable@02/3"}, s.sent(t), "device 01 waits for its first command")
 	require.Len(t, s.parked, 1)
 
-	// The first command is back and leaves: A's later command follows it.
-	s.batcher.Add(enable, batch.Item{Device: devA, Ref: first})
-	require.Equal(t, []device.Set{devA}, devices(take()))
+	s.add(enableKey, devA, 1) // back
+	require.Equal(t, []string{"enable@01/1", "disable@01/2"}, s.sent(t))
 	require.Empty(t, s.parked)
-	g := take()
-	require.Equal(t, disable, g.Key)
-	require.Equal(t, []batch.Item{{Device: devA, Ref: later}}, g.Items)
+	require.Empty(t, s.fences)
+}
 
-	// A fence whose command never comes back lets the later ones go after fenceTTL.
-	s.fenceLocked(devA.Key(), 1, time.Now())
-	s.batcher.Add(disable, batch.Item{Device: devA, Ref: later})
-	require.Empty(t, take().Devices)
-	s.expireFences(time.Now().Add(s.fenceTTL() - time.Second))
-	require.Len(t, s.parked, 1, "not yet")
-	s.expireFences(time.Now().Add(s.fenceTTL()))
-	require.Empty(t, s.parked)
-	require.Equal(t, []device.Set{devA}, devices(take()))
+// The items of a device that were waiting in the batcher before its fence
+// (or came in after it and were parked) go back with the parked ones in
+// stream order, whatever batch the batcher had them in.
+func TestUnparkedItemsKeepStreamOrderWithThoseInTheBatcher(t *testing.T) {
+	s := fenceService(t)
+	s.add(disableKey, devA, 7)
+	s.add(enableKey, devA, 9) // seals the disable batch
+	s.fenceLocked(devA.Key(), 5, time.Now())
+	require.Empty(t, s.sent(t), "both wait for command 5")
+	s.add(disableKey, devA, 8) // comes in while fenced: parked at once
+	s.add(enableKey, devA, 5)  // back
+	require.Equal(t, []string{"enable@01/5", "disable@01/7", "disable@01/8", "enable@01/9"}, s.sent(t))
+
+	// The other way round: command 7 of the device still waits in the
+	// batcher when the fence of 5 is set, and 9 is parked on the way in.
+	s = fenceService(t)
+	s.add(disableKey, devA, 7)
+	s.fenceLocked(devA.Key(), 5, time.Now())
+	s.add(enableKey, devA, 9)
+	s.add(enableKey, devA, 5)
+	require.Equal(t, []string{"enable@01/5", "disable@01/7", "enable@01/9"}, s.sent(t))
+}
+
+// Two commands of a device out at once: a later one waits for both.
+func TestADeviceWaitsForEveryCommandOut(t *testing.T) {
+	s := fenceService(t)
+	now := time.Now()
+	s.fenceLocked(devA.Key(), 5, now)
+	s.fenceLocked(devA.Key(), 7, now)
+	s.add(disableKey, devA, 9)
+	s.add(enableKey, devA, 5)
+	require.Equal(t, []string{"enable@01/5"}, s.sent(t), "9 still waits for 7")
+	s.add(enableKey, devA, 7)
+	require.Equal(t, []string{"enable@01/7", "disable@01/9"}, s.sent(t))
+}
+
+// A fence lifts when the consumer's ack floor passes it, or after
+// fenceTTL; either wakes the send loop.
+func TestFencesLiftByAckFloorAndAge(t *testing.T) {
+	s := fenceService(t)
+	now := time.Now()
+	s.fenceLocked(devA.Key(), 1, now)
+	s.fenceLocked(devB.Key(), 2, now)
+	s.add(disableKey, devA, 3)
+	s.add(disableKey, devB, 4)
+	require.Empty(t, s.sent(t))
+
+	s.liftAcked(1)
 	require.Len(t, s.wake, 1, "the send loop is woken")
+	<-s.wake
+	require.Equal(t, []string{"disable@01/3"}, s.sent(t))
+
+	s.expireFences(now.Add(s.fenceTTL() - time.Second))
+	require.Empty(t, s.sent(t), "not yet")
+	s.expireFences(now.Add(s.fenceTTL()))
+	require.Equal(t, []string{"disable@02/4"}, s.sent(t))
+	require.Empty(t, s.fences)
 }

@@ -68,8 +68,9 @@ type Service struct {
 	batcher *batch.Batcher
 	options map[batch.Key]command.Options // call options of each batch key
 	held    map[*pending]struct{}
-	fences  map[string]fence // device key -> its command handed back (see order.go)
-	parked  []parkedItem     // later commands' devices waiting for a fence
+	fences  map[string][]fence  // device key -> its commands out, by stream sequence (order.go)
+	parked  []parkedItem        // later commands' devices waiting for their fences
+	acked   map[uint64]struct{} // commands acked here while fences stood, until the ack floor passes them
 	wake    chan struct{}
 
 	registered map[string]bool // accounts whose callback URL is registered
@@ -93,7 +94,7 @@ func New(cfg Config, log zerolog.Logger, opts ...Option) (*Service, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Service{cfg: cfg, log: log, held: map[*pending]struct{}{}, fences: map[string]fence{}, options: map[batch.Key]command.Options{}, wake: make(chan struct{}, 1), registered: map[string]bool{}}
+	s := &Service{cfg: cfg, log: log, held: map[*pending]struct{}{}, fences: map[string][]fence{}, acked: map[uint64]struct{}{}, options: map[batch.Key]command.Options{}, wake: make(chan struct{}, 1), registered: map[string]bool{}}
 	for _, o := range opts {
 		o(s)
 	}
@@ -344,9 +345,13 @@ func (s *Service) hold(p *pending) {
 	s.mu.Unlock()
 }
 
-func (s *Service) release(p *pending) {
+// release lets go of p; acked says the stream will not deliver it again.
+func (s *Service) release(p *pending, acked bool) {
 	s.mu.Lock()
 	delete(s.held, p)
+	if acked && len(s.fences) > 0 && len(s.acked) < maxUnackedRead {
+		s.acked[p.seq] = struct{}{}
+	}
 	s.m.held.Set(float64(len(s.held)))
 	s.mu.Unlock()
 }
@@ -359,11 +364,13 @@ func (s *Service) settle(ctx context.Context, p *pending, n int) {
 	if !p.finished.CompareAndSwap(false, true) {
 		return
 	}
-	defer s.release(p)
+	acked := true
+	defer func() { s.release(p, acked) }()
 	if p.failed.Load() {
 		reason, _ := p.lastErr.Load().(string)
 		if err := s.deadLetter(ctx, p.msg, "deliveries exhausted: "+reason); err != nil {
 			s.log.Error().Err(err).Str(observability.FieldCommandID, p.id).Msg("dead letter failed; command handed back")
+			acked = false
 			_ = p.msg.Nak()
 			s.m.commands.WithLabelValues("handed_back").Inc()
 			return
@@ -408,7 +415,7 @@ func (s *Service) handBack(p *pending, delay time.Duration) {
 	if !p.finished.CompareAndSwap(false, true) {
 		return
 	}
-	defer s.release(p)
+	defer s.release(p, false)
 	var err error
 	if delay > 0 {
 		err = p.msg.NakWithDelay(delay)
@@ -436,7 +443,8 @@ func (s *Service) heldNow() []*pending {
 func (s *Service) handBackAll() {
 	s.mu.Lock()
 	s.batcher.Drain()
-	s.parked, s.fences = nil, map[string]fence{}
+	s.parked, s.fences, s.acked = nil, map[string][]fence{}, map[uint64]struct{}{}
+	s.m.parked.Set(0)
 	s.mu.Unlock()
 	held := s.heldNow()
 	// In stream order: nats-server redelivers naked messages in the order
