@@ -30,11 +30,6 @@ func (s *Service) intake(ctx context.Context, msg jetstream.Msg) {
 	if meta.NumDelivered > 1 {
 		s.m.duplicateCalls.Inc()
 	}
-	if s.idle() {
-		// Nothing in hand: commands below this one that are not
-		// acknowledged (another dispatcher's) go first (order.go).
-		s.fenceUnacked(ctx, meta.Sequence.Stream)
-	}
 	log := s.log.With().Str(observability.FieldSubject, msg.Subject()).Uint64("stream_seq", meta.Sequence.Stream).Logger()
 
 	action, err := command.ActionFromSubject(msg.Subject())
@@ -67,7 +62,11 @@ func (s *Service) accept(ctx context.Context, msg jetstream.Msg, meta *jetstream
 		last:    meta.NumDelivered >= uint64(s.cfg.MaxDeliver),
 	}
 	p.remaining.Store(int64(cmd.Len()))
-	s.hold(p)
+	if s.hold(p) {
+		// Nothing else in hand: commands below this one that are not
+		// acknowledged (another dispatcher's) go first (order.go).
+		s.fenceUnacked(ctx, p.seq)
+	}
 	s.log.Debug().Str(observability.FieldCommandID, id).Int(observability.FieldDevices, cmd.Len()).
 		Int("rejected", len(cmd.Problems)).Msg("command taken in")
 

@@ -279,13 +279,6 @@ func (s *Service) wakeUp() {
 // with none held.
 const maxUnackedRead = 100_000
 
-// idle reports whether this dispatcher holds no command.
-func (s *Service) idle() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.held) == 0
-}
-
 // fenceUnacked fences the devices of the commands below stream sequence seq
 // that are not acknowledged. Its own acks sent a moment ago may not be
 // counted yet: it looks again for up to half a second before reading.

@@ -338,11 +338,15 @@ type pending struct {
 	lastErr   atomic.Value // string
 }
 
-func (s *Service) hold(p *pending) {
+// hold keeps p until it is settled or handed back, and reports whether it
+// is the only command held.
+func (s *Service) hold(p *pending) (only bool) {
 	s.mu.Lock()
 	s.held[p] = struct{}{}
+	only = len(s.held) == 1
 	s.m.held.Set(float64(len(s.held)))
 	s.mu.Unlock()
+	return only
 }
 
 // release lets go of p; acked says the stream will not deliver it again.
