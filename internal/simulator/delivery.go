@@ -160,12 +160,16 @@ func (sc *scheduler) run() {
 			}
 			sc.mu.Lock()
 		}
-		wait := time.Duration(-1)
-		if len(sc.h) > 0 {
+		// The first job's due time may pass between the look above and
+		// this one: a wait of zero or less is a timer that fires at once,
+		// never "nothing scheduled" (which would sleep until the next push).
+		empty := len(sc.h) == 0
+		var wait time.Duration
+		if !empty {
 			wait = time.Until(sc.h[0].due)
 		}
 		sc.mu.Unlock()
-		if wait < 0 {
+		if empty {
 			select {
 			case <-sc.wake:
 			case <-sc.ctx.Done():
@@ -177,9 +181,7 @@ func (sc *scheduler) run() {
 		select {
 		case <-timer.C:
 		case <-sc.wake:
-			if !timer.Stop() {
-				<-timer.C
-			}
+			timer.Stop() // Go 1.23+ timers: no stale tick to drain
 		case <-sc.ctx.Done():
 			return
 		}

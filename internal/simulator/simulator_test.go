@@ -2,6 +2,7 @@ package simulator_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -433,6 +434,32 @@ func TestCallbacks_are_resent_until_answered(t *testing.T) {
 		t.Fatalf("a fourth callback after a 2xx: %d", r.cb.CallbackCount)
 	default:
 	}
+}
+
+// Resends fall due microseconds apart (each is scheduled when its attempt
+// failed): the scheduler must not take a due time that passed between two
+// looks for "nothing scheduled" and sleep until the next push, which after
+// the last answered resend never comes.
+func TestCallbacks_resent_in_a_burst_all_go_out(t *testing.T) {
+	const n = 400
+	e := newSim(t, simulator.Config{ResendInterval: 20 * time.Millisecond})
+	e.login(t)
+	l := newListener(t, func(k int64) int {
+		if k <= n {
+			return http.StatusServiceUnavailable // every first attempt
+		}
+		return http.StatusOK
+	})
+	l.got = make(chan received, 2*n)
+	e.register(t, l, "u", "p")
+	devices := make([][2]string, n)
+	for i := range devices {
+		devices[i] = [2]string{fmt.Sprintf("890490320000000000000000%08d", i), fmt.Sprintf("891480000000%08d", i)}
+	}
+	require.Equal(t, http.StatusOK, e.call(t, http.MethodPost, thingspace.ActionPathPrefix+"enable", enableBody(devices...), nil).status)
+	require.Eventually(t, func() bool { return e.sim.Stats().CallbacksAnswered == n }, 10*time.Second, time.Millisecond,
+		"stats at the end: %+v", e.sim.Stats())
+	assert.Zero(t, e.sim.Stats().CallbacksPending)
 }
 
 func TestCallbacks_give_up_after_four_attempts(t *testing.T) {
