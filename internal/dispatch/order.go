@@ -3,6 +3,7 @@ package dispatch
 import (
 	"cmp"
 	"context"
+	"maps"
 	"slices"
 	"time"
 
@@ -119,13 +120,29 @@ func (s *Service) addLocked(k batch.Key, it batch.Item) {
 	s.batcher.Add(k, it)
 }
 
-// takeLocked prepares b, just taken from the batcher, for its call: the
-// items an earlier command out holds back are parked; the items of a
-// command handed back before lift its fence (it leaves now), and what that
-// frees goes back into the batcher, behind b.
+// takeLocked prepares b, just taken from the batcher, for its call: an
+// item of the earliest command out for its device lifts that fence (it
+// leaves now, and so may the items of b it held back); the items an
+// earlier command out still holds back are parked; what the lifts free
+// goes back into the batcher, behind b.
 func (s *Service) takeLocked(b *batch.Batch) {
 	if len(s.fences) == 0 {
 		return
+	}
+	var leaving []batch.Item
+	for _, it := range b.Items {
+		if s.isFenceLocked(it.Device.Key(), seqOf(it)) {
+			leaving = append(leaving, it)
+		}
+	}
+	slices.SortFunc(leaving, func(a, b batch.Item) int { return cmp.Compare(seqOf(a), seqOf(b)) })
+	lifted := map[string]bool{}
+	for _, it := range leaving {
+		dk := it.Device.Key()
+		if fs := s.fences[dk]; len(fs) > 0 && fs[0].seq == seqOf(it) {
+			s.liftLocked(dk, seqOf(it))
+			lifted[dk] = true
+		}
 	}
 	out := b.Remove(func(it batch.Item) bool { return s.blockedLocked(it.Device.Key(), seqOf(it)) })
 	for _, it := range out {
@@ -136,15 +153,16 @@ func (s *Service) takeLocked(b *batch.Batch) {
 		s.log.Debug().Int(observability.FieldDevices, len(out)).Str(observability.FieldAction, b.Key.Action).
 			Msg("devices wait for an earlier command handed back")
 	}
-	lifted := false
-	for _, it := range b.Items {
-		if s.liftLocked(it.Device.Key(), seqOf(it)) {
-			lifted = true
-		}
+	if len(lifted) > 0 {
+		s.unparkLocked(lifted)
 	}
-	if lifted {
-		s.unparkLocked()
-	}
+}
+
+// isFenceLocked reports whether the command at seq is one of the device's
+// commands out.
+func (s *Service) isFenceLocked(dev string, seq uint64) bool {
+	_, found := slices.BinarySearchFunc(s.fences[dev], seq, func(f fence, seq uint64) int { return cmp.Compare(f.seq, seq) })
+	return found
 }
 
 // liftDone lifts the fences of the command at seq on the devices it no
@@ -163,13 +181,13 @@ func (s *Service) liftDone(seq uint64, all, sending []command.Device) {
 	for _, d := range sending {
 		still[d.IDs.Key()] = true
 	}
-	lifted := false
+	lifted := map[string]bool{}
 	for _, d := range all {
 		if k := d.IDs.Key(); !still[k] && s.liftLocked(k, seq) {
-			lifted = true
+			lifted[k] = true
 		}
 	}
-	back := lifted && s.unparkLocked()
+	back := len(lifted) > 0 && s.unparkLocked(lifted)
 	s.mu.Unlock()
 	if back {
 		s.wakeUp()
@@ -181,16 +199,22 @@ func (s *Service) liftDone(seq uint64, all, sending []command.Device) {
 func (s *Service) liftWhere(lift func(fence) bool) int {
 	s.mu.Lock()
 	n := 0
+	lifted := map[string]bool{}
 	for k, fs := range s.fences {
+		before := len(fs)
 		kept := slices.DeleteFunc(fs, lift)
-		n += len(fs) - len(kept)
+		if len(kept) == before {
+			continue
+		}
+		n += before - len(kept)
+		lifted[k] = true
 		if len(kept) == 0 {
 			delete(s.fences, k)
 		} else {
 			s.fences[k] = kept
 		}
 	}
-	back := n > 0 && s.unparkLocked()
+	back := n > 0 && s.unparkLocked(lifted)
 	s.mu.Unlock()
 	if back {
 		s.wakeUp()
@@ -225,11 +249,17 @@ func (s *Service) liftAcked(floor uint64) {
 // unparkLocked puts the parked items no fence holds back into the batcher,
 // with the items of their devices still waiting there, all in stream order:
 // a parked item is older than any item of its device that came in after it
-// was parked. Items of a command finished meanwhile (handed back whole) are
-// dropped: its redelivery brings them.
-func (s *Service) unparkLocked() bool {
+// was parked. The items in the batcher of the devices lifted (whose fences
+// just lifted) are put in stream order too: a command that came back may
+// wait behind a later one of its device that came in before its fence.
+// Items of a command finished meanwhile (handed back whole) are dropped:
+// its redelivery brings them.
+func (s *Service) unparkLocked(lifted map[string]bool) bool {
 	var free []batch.Keyed
-	devs := map[string]bool{}
+	devs := maps.Clone(lifted)
+	if devs == nil {
+		devs = map[string]bool{}
+	}
 	kept := s.parked[:0]
 	for _, pi := range s.parked {
 		dk := pi.it.Device.Key()
@@ -245,7 +275,7 @@ func (s *Service) unparkLocked() bool {
 	clear(s.parked[len(kept):])
 	s.parked = kept
 	s.m.parked.Set(float64(len(s.parked)))
-	if len(free) == 0 {
+	if len(devs) == 0 {
 		return false
 	}
 	free = append(free, s.batcher.Remove(func(it batch.Item) bool { return devs[it.Device.Key()] })...)
@@ -253,7 +283,7 @@ func (s *Service) unparkLocked() bool {
 	for _, k := range free {
 		s.batcher.Add(k.Key, k.Item)
 	}
-	return true
+	return len(free) > 0
 }
 
 // wakeUp tells the send loop to look at the batcher again.

@@ -131,3 +131,47 @@ func TestFencesLiftByAckFloorAndAge(t *testing.T) {
 	require.Equal(t, []string{"disable@02/4"}, s.sent(t))
 	require.Empty(t, s.fences)
 }
+
+// A fence that ages out while its own command is back in the batcher,
+// behind a later command of the device that came in before the fence was
+// set: the device's items are put back in stream order.
+func TestAFenceLiftedWithoutItsCommandLeavingReordersTheDevice(t *testing.T) {
+	s := fenceService(t)
+	now := time.Now()
+	s.add(disableKey, devA, 10)           // waits in the open disable batch
+	s.fenceLocked(devA.Key(), 8, now)     // command 8's call failed meanwhile
+	s.add(enableKey, devA, 8)             // 8 is back: seals the disable batch ahead of it
+	s.expireFences(now.Add(s.fenceTTL())) // the next call was slow: the fence aged out
+	require.Equal(t, []string{"enable@01/8", "disable@01/10"}, s.sent(t))
+}
+
+// An item whose command is out but behind an earlier one of its device
+// waits, and keeps its fence.
+func TestACommandBackWaitsForAnEarlierOneOut(t *testing.T) {
+	s := fenceService(t)
+	now := time.Now()
+	s.fenceLocked(devA.Key(), 8, now)
+	s.add(enableKey, devA, 8)
+	s.fenceLocked(devA.Key(), 5, now)
+	s.add(disableKey, devA, 9)
+	require.Empty(t, s.sent(t))
+	require.Len(t, s.fences[devA.Key()], 2)
+	s.add(enableKey, devA, 5)
+	require.Equal(t, []string{"enable@01/5", "enable@01/8", "disable@01/9"}, s.sent(t))
+}
+
+// A command that comes back in the same batch as a later one of its device
+// (same action) lets it go in the same call, not in a second one.
+func TestACommandBackTakesItsFollowersOfTheSameBatchAlong(t *testing.T) {
+	s := fenceService(t)
+	s.add(enableKey, devA, 6)
+	s.fenceLocked(devA.Key(), 5, time.Now())
+	s.add(enableKey, devA, 5)
+	s.mu.Lock()
+	g := s.batcher.Take(true)
+	s.takeLocked(g)
+	s.mu.Unlock()
+	require.Len(t, g.Items, 2)
+	require.Empty(t, s.parked)
+	require.Empty(t, s.fences)
+}
