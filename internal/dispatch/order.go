@@ -120,29 +120,15 @@ func (s *Service) addLocked(k batch.Key, it batch.Item) {
 	s.batcher.Add(k, it)
 }
 
-// takeLocked prepares b, just taken from the batcher, for its call: an
-// item of the earliest command out for its device lifts that fence (it
-// leaves now, and so may the items of b it held back); the items an
-// earlier command out still holds back are parked; what the lifts free
-// goes back into the batcher, behind b.
+// takeLocked prepares b, just taken from the batcher, for its call: the
+// items an earlier command out holds back are parked; the items of the
+// earliest command out of their device lift its fence (it leaves now), and
+// what that frees goes back into the batcher, behind b. A later item of
+// the same device in b is parked even if only that command held it back:
+// another command of the device may lie between them, parked or waiting.
 func (s *Service) takeLocked(b *batch.Batch) {
 	if len(s.fences) == 0 {
 		return
-	}
-	var leaving []batch.Item
-	for _, it := range b.Items {
-		if s.isFenceLocked(it.Device.Key(), seqOf(it)) {
-			leaving = append(leaving, it)
-		}
-	}
-	slices.SortFunc(leaving, func(a, b batch.Item) int { return cmp.Compare(seqOf(a), seqOf(b)) })
-	lifted := map[string]bool{}
-	for _, it := range leaving {
-		dk := it.Device.Key()
-		if fs := s.fences[dk]; len(fs) > 0 && fs[0].seq == seqOf(it) {
-			s.liftLocked(dk, seqOf(it))
-			lifted[dk] = true
-		}
 	}
 	out := b.Remove(func(it batch.Item) bool { return s.blockedLocked(it.Device.Key(), seqOf(it)) })
 	for _, it := range out {
@@ -153,16 +139,15 @@ func (s *Service) takeLocked(b *batch.Batch) {
 		s.log.Debug().Int(observability.FieldDevices, len(out)).Str(observability.FieldAction, b.Key.Action).
 			Msg("devices wait for an earlier command handed back")
 	}
+	lifted := map[string]bool{}
+	for _, it := range b.Items {
+		if dk := it.Device.Key(); s.liftLocked(dk, seqOf(it)) {
+			lifted[dk] = true
+		}
+	}
 	if len(lifted) > 0 {
 		s.unparkLocked(lifted)
 	}
-}
-
-// isFenceLocked reports whether the command at seq is one of the device's
-// commands out.
-func (s *Service) isFenceLocked(dev string, seq uint64) bool {
-	_, found := slices.BinarySearchFunc(s.fences[dev], seq, func(f fence, seq uint64) int { return cmp.Compare(f.seq, seq) })
-	return found
 }
 
 // liftDone lifts the fences of the command at seq on the devices it no

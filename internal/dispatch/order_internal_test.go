@@ -1,6 +1,9 @@
 package dispatch
 
 import (
+	"math/rand/v2"
+	"os"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -161,17 +164,96 @@ func TestACommandBackWaitsForAnEarlierOneOut(t *testing.T) {
 }
 
 // A command that comes back in the same batch as a later one of its device
-// (same action) lets it go in the same call, not in a second one.
-func TestACommandBackTakesItsFollowersOfTheSameBatchAlong(t *testing.T) {
+// does not take it along: another command of the device, under another key,
+// may lie between them.
+func TestACommandBackLeavesItsFollowersBehindWhatLiesBetween(t *testing.T) {
 	s := fenceService(t)
-	s.add(enableKey, devA, 6)
-	s.fenceLocked(devA.Key(), 5, time.Now())
-	s.add(enableKey, devA, 5)
-	s.mu.Lock()
-	g := s.batcher.Take(true)
-	s.takeLocked(g)
-	s.mu.Unlock()
-	require.Len(t, g.Items, 2)
-	require.Empty(t, s.parked)
-	require.Empty(t, s.fences)
+	s.add(enableKey, devA, 112)
+	s.fenceLocked(devA.Key(), 94, time.Now())
+	s.add(disableKey, devA, 100) // parked at once
+	s.add(enableKey, devA, 94)   // back, in the batch of 112
+	require.Equal(t, []string{"enable@01/94", "disable@01/100", "enable@01/112"}, s.sent(t))
+}
+
+// Random single-device commands, calls that fail (their commands handed
+// back, fenced, and taken in again later) and calls that go through: every
+// device's commands reach ThingSpace in stream order, each once.
+func TestFencesKeepEveryDeviceInOrderUnderRandomFailures(t *testing.T) {
+	seeds := int64(500)
+	if v, err := strconv.ParseInt(os.Getenv("FENCE_SEEDS"), 10, 64); err == nil {
+		seeds = v // a longer search: FENCE_SEEDS=20000
+	}
+	keys := []batch.Key{enableKey, disableKey}
+	for seed := int64(0); seed < seeds; seed++ {
+		r := rand.New(rand.NewPCG(uint64(seed), 0))
+		s := fenceService(t)
+		devs := make([]device.Set, 4)
+		for i := range devs {
+			devs[i] = device.Set{}.With(device.ICCID, "8914800000000000000"+strconv.Itoa(i))
+		}
+		type cmd struct {
+			key batch.Key
+			dev device.Set
+		}
+		cmds := map[uint64]cmd{}
+		var out []uint64 // handed back, not taken in again yet
+		sent := map[string][]uint64{}
+		var seq uint64
+		take := func(fail bool) {
+			s.mu.Lock()
+			g := s.batcher.Take(true)
+			if g != nil {
+				s.takeLocked(g)
+			}
+			s.mu.Unlock()
+			if g == nil || len(g.Items) == 0 {
+				return
+			}
+			if fail {
+				items := map[string][]batch.Item{}
+				for _, it := range g.Items {
+					it.Ref.(*pending).finished.Store(true)
+					items[it.Device.Key()] = append(items[it.Device.Key()], it)
+					out = append(out, seqOf(it))
+				}
+				s.fenceGroup(group{devices: g.Devices, items: items})
+				return
+			}
+			for _, it := range g.Items {
+				sent[it.Device.Key()] = append(sent[it.Device.Key()], seqOf(it))
+			}
+		}
+		back := func() {
+			i := r.IntN(len(out))
+			q := out[i]
+			out = slices.Delete(out, i, i+1)
+			s.add(cmds[q].key, cmds[q].dev, q)
+		}
+		for range 300 {
+			switch op := r.IntN(10); {
+			case op < 4:
+				seq++
+				cmds[seq] = cmd{keys[r.IntN(2)], devs[r.IntN(len(devs))]}
+				s.add(cmds[seq].key, cmds[seq].dev, seq)
+			case op < 8:
+				take(r.IntN(4) == 0)
+			case len(out) > 0:
+				back()
+			}
+		}
+		for len(out) > 0 || s.batcher.Items() > 0 || len(s.parked) > 0 {
+			if len(out) > 0 {
+				back()
+			}
+			take(false)
+		}
+		total := 0
+		for dk, seqs := range sent {
+			require.True(t, slices.IsSorted(seqs), "seed %d: device %s got %v", seed, dk, seqs)
+			require.Len(t, slices.Compact(slices.Clone(seqs)), len(seqs), "seed %d: device %s got a command twice: %v", seed, dk, seqs)
+			total += len(seqs)
+		}
+		require.Equal(t, int(seq), total, "seed %d: every command sent once", seed)
+		require.Empty(t, s.fences, "seed %d", seed)
+	}
 }
