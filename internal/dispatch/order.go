@@ -76,10 +76,16 @@ func (s *Service) fenceDevices(devices []command.Device, p *pending) {
 	}
 }
 
+// findFence is where the fence of the command at seq is in fs (sorted by
+// seq), or would go, and whether it is there.
+func findFence(fs []fence, seq uint64) (int, bool) {
+	return slices.BinarySearchFunc(fs, seq, func(f fence, seq uint64) int { return cmp.Compare(f.seq, seq) })
+}
+
 // fenceLocked records that the device's command at seq is out.
 func (s *Service) fenceLocked(dev string, seq uint64, now time.Time) {
 	fs := s.fences[dev]
-	i, found := slices.BinarySearchFunc(fs, seq, func(f fence, seq uint64) int { return cmp.Compare(f.seq, seq) })
+	i, found := findFence(fs, seq)
 	if found {
 		return
 	}
@@ -97,7 +103,7 @@ func (s *Service) blockedLocked(dev string, seq uint64) bool {
 // whether it had one.
 func (s *Service) liftLocked(dev string, seq uint64) bool {
 	fs := s.fences[dev]
-	i, found := slices.BinarySearchFunc(fs, seq, func(f fence, seq uint64) int { return cmp.Compare(f.seq, seq) })
+	i, found := findFence(fs, seq)
 	if !found {
 		return false
 	}
@@ -113,11 +119,16 @@ func (s *Service) liftLocked(dev string, seq uint64) bool {
 // parks it while an earlier command of its device is out.
 func (s *Service) addLocked(k batch.Key, it batch.Item) {
 	if len(s.fences) > 0 && s.blockedLocked(it.Device.Key(), seqOf(it)) {
-		s.parked = append(s.parked, parkedItem{key: k, it: it})
-		s.m.parked.Set(float64(len(s.parked)))
+		s.parkLocked(k, it)
 		return
 	}
 	s.batcher.Add(k, it)
+}
+
+// parkLocked sets it (of a batch of key k) aside until its fences lift.
+func (s *Service) parkLocked(k batch.Key, it batch.Item) {
+	s.parked = append(s.parked, parkedItem{key: k, it: it})
+	s.m.parked.Set(float64(len(s.parked)))
 }
 
 // takeLocked prepares b, just taken from the batcher, for its call: the
@@ -132,10 +143,9 @@ func (s *Service) takeLocked(b *batch.Batch) {
 	}
 	out := b.Remove(func(it batch.Item) bool { return s.blockedLocked(it.Device.Key(), seqOf(it)) })
 	for _, it := range out {
-		s.parked = append(s.parked, parkedItem{key: b.Key, it: it})
+		s.parkLocked(b.Key, it)
 	}
 	if len(out) > 0 {
-		s.m.parked.Set(float64(len(s.parked)))
 		s.log.Debug().Int(observability.FieldDevices, len(out)).Str(observability.FieldAction, b.Key.Action).
 			Msg("devices wait for an earlier command handed back")
 	}
