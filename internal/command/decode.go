@@ -38,11 +38,20 @@ func Decode(action Action, body []byte, opts device.Options) (*Command, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrUndecodable, err)
 	}
+	body = bytes.TrimPrefix(body, []byte("\xef\xbb\xbf"))
+	if c, ok := fastDecode(a, body, opts); ok {
+		return c, nil
+	}
+	return decodeGeneral(a, body, opts)
+}
+
+// decodeGeneral is Decode for any body (its byte order mark trimmed): the
+// document as encoding/json reads it, judged by the action's schema.
+func decodeGeneral(a Action, body []byte, opts device.Options) (*Command, error) {
 	sch, err := schemas.Get(a.Schema())
 	if err != nil {
 		return nil, fmt.Errorf("command schema for %s: %w", a, err)
 	}
-	body = bytes.TrimPrefix(body, []byte("\xef\xbb\xbf"))
 	if len(bytes.TrimSpace(body)) == 0 {
 		return nil, undecodable("the body is empty, want a JSON object with devices and accountName")
 	}
@@ -88,7 +97,20 @@ func Decode(action Action, body []byte, opts device.Options) (*Command, error) {
 	if !slices.ContainsFunc(devices, func(e any) bool { _, ok := e.(map[string]any); return ok }) {
 		return nil, undecodable("devices must be an array of objects, each with deviceIds")
 	}
-	return d.build(devices), nil
+	ids := make([][]rawID, len(devices))
+	for i, e := range devices {
+		ids[i] = rawIDsOf(e)
+	}
+	c := d.build(ids)
+	c.ID, _ = root["commandId"].(string)
+	c.AccountName, _ = root["accountName"].(string)
+	c.Options.SmsrOid, _ = root["smsrOid"].(string)
+	c.Options.ServicePlan, _ = root["servicePlan"].(string)
+	c.Options.ReasonCode, _ = root["reasonCode"].(string)
+	if w, ok := root["etfWaiver"].(bool); ok {
+		c.Options.EtfWaiver = &w
+	}
+	return c, nil
 }
 
 // decodeDoc is json.Unmarshal into any, faster: a body that is valid
@@ -155,9 +177,7 @@ func shapeKey(buf []byte, e any) ([]byte, bool) {
 		if !okKind || !okID {
 			return buf, false
 		}
-		buf = strconv.AppendInt(buf, int64(len(k)), 10) // length-prefixed: no kind can mimic two
-		buf = append(buf, ':')
-		buf = append(buf, k...)
+		buf = appendLenPrefixed(buf, k) // no kind can mimic two
 	}
 	return buf, true
 }
@@ -368,18 +388,32 @@ func (d *decoder) needs() string {
 	return " (" + string(d.action) + " needs " + strings.Join(names, " and ") + ")"
 }
 
-// build reads options and devices; the schema has vouched for every type
-// outside the devices with findings.
-func (d *decoder) build(devices []any) *Command {
-	c := &Command{Action: d.action}
-	c.ID, _ = d.root["commandId"].(string)
-	c.AccountName, _ = d.root["accountName"].(string)
-	c.Options.SmsrOid, _ = d.root["smsrOid"].(string)
-	c.Options.ServicePlan, _ = d.root["servicePlan"].(string)
-	c.Options.ReasonCode, _ = d.root["reasonCode"].(string)
-	if w, ok := d.root["etfWaiver"].(bool); ok {
-		c.Options.EtfWaiver = &w
+// rawID is one deviceIds entry as sent: kind and id, each "" when absent
+// or not a string.
+type rawID struct{ kind, id string }
+
+// rawIDsOf reads the deviceIds entries of a device entry, whatever its
+// shape: none when it is not an object or deviceIds is not an array.
+func rawIDsOf(e any) []rawID {
+	obj, _ := e.(map[string]any)
+	list, _ := obj["deviceIds"].([]any)
+	if len(list) == 0 {
+		return nil
 	}
+	ids := make([]rawID, len(list))
+	for j, x := range list {
+		m, _ := x.(map[string]any)
+		ids[j].kind, _ = m["kind"].(string)
+		ids[j].id, _ = m["id"].(string)
+	}
+	return ids
+}
+
+// build sorts the devices (the deviceIds of each, as sent) into Devices and
+// Problems; the schema has vouched for every type outside the devices
+// with findings. The caller fills in the command's fields.
+func (d *decoder) build(devices [][]rawID) *Command {
+	c := &Command{Action: d.action}
 
 	var cmdErr string
 	if len(d.command) > 0 {
@@ -388,14 +422,17 @@ func (d *decoder) build(devices []any) *Command {
 	} else {
 		c.Devices = make([]Device, 0, len(devices))
 	}
-	seen := make(map[string]int, len(devices)) // device key → index of first
-	for i, e := range devices {
+	var seen map[string]int // device key → index of first
+	if len(devices) > 1 {
+		seen = make(map[string]int, len(devices))
+	}
+	for i, ids := range devices {
 		var set device.Set
 		findings := d.deviceMsgs[i]
 		if len(findings) == 0 {
-			set, findings = d.device(i, e.(map[string]any))
+			set, findings = d.device(i, ids)
 		}
-		if len(findings) == 0 {
+		if len(findings) == 0 && seen != nil {
 			key := set.Key()
 			if first, dup := seen[key]; dup {
 				findings = []finding{{code: CodeDuplicateDevice,
@@ -408,7 +445,7 @@ func (d *decoder) build(devices []any) *Command {
 			c.Devices = append(c.Devices, Device{Index: i, IDs: set})
 			continue
 		}
-		p := Problem{Index: i, Device: echoed(e)}
+		p := Problem{Index: i, Device: echoed(ids)}
 		if len(findings) > 0 {
 			slices.SortStableFunc(findings, func(a, b finding) int { return strings.Compare(a.path, b.path) })
 			msgs := make([]string, 0, len(findings))
@@ -434,27 +471,26 @@ func (d *decoder) build(devices []any) *Command {
 
 // device checks the identifiers of one schema-valid device: formats,
 // one value per kind, the kinds the action needs.
-func (d *decoder) device(i int, obj map[string]any) (device.Set, []finding) {
+func (d *decoder) device(i int, ids []rawID) (device.Set, []finding) {
 	var set device.Set
 	var fs []finding
-	ids, _ := obj["deviceIds"].([]any)
 	for j, e := range ids {
-		m, _ := e.(map[string]any)
-		rawKind, _ := m["kind"].(string)
-		rawID, _ := m["id"].(string)
-		path := "devices[" + strconv.Itoa(i) + "].deviceIds[" + strconv.Itoa(j) + "]"
+		rawKind, rawID := e.kind, e.id
 		k, err := device.ParseKind(rawKind)
 		if err != nil { // the schema's pattern lets no unknown kind through; kept for safety
-			fs = append(fs, finding{path + ".kind", CodeInvalidIdentifier, d.kindMessage(path+".kind", rawKind)})
+			path := idPath(i, j) + ".kind"
+			fs = append(fs, finding{path, CodeInvalidIdentifier, d.kindMessage(path, rawKind)})
 			continue
 		}
 		id, err := device.Parse(k, rawID, d.opts)
 		if err != nil {
-			fs = append(fs, finding{path + ".id", CodeInvalidIdentifier, path + ".id: " + err.Error()})
+			path := idPath(i, j) + ".id"
+			fs = append(fs, finding{path, CodeInvalidIdentifier, path + ": " + err.Error()})
 			continue
 		}
 		if prev := set.Get(k); prev != "" {
 			if prev != id.Value() {
+				path := idPath(i, j)
 				fs = append(fs, finding{path, CodeInvalidIdentifier,
 					fmt.Sprintf("%s is a second %s %q for one device, after %q", path, k, id.Value(), prev)})
 			}
@@ -473,17 +509,17 @@ func (d *decoder) device(i int, obj map[string]any) (device.Set, []finding) {
 	return set, nil
 }
 
+// idPath names devices[i].deviceIds[j], for a finding.
+func idPath(i, j int) string {
+	return "devices[" + strconv.Itoa(i) + "].deviceIds[" + strconv.Itoa(j) + "]"
+}
+
 // echoed reads what it can of a device entry, as sent: the first value of
 // each known kind, trimmed, valid or not.
-func echoed(e any) device.Set {
+func echoed(ids []rawID) device.Set {
 	var set device.Set
-	obj, _ := e.(map[string]any)
-	ids, _ := obj["deviceIds"].([]any)
 	for _, x := range ids {
-		m, _ := x.(map[string]any)
-		rawKind, _ := m["kind"].(string)
-		rawID, _ := m["id"].(string)
-		rawID = strings.TrimSpace(rawID)
+		rawKind, rawID := x.kind, strings.TrimSpace(x.id)
 		k, err := device.ParseKind(rawKind)
 		if err != nil || rawID == "" || len(rawID) > maxEchoed || set.Get(k) != "" {
 			continue
