@@ -145,6 +145,8 @@ func TestOptionsKeyIsEqualExactlyForEqualOptions(t *testing.T) {
 		require.NotEqual(t, a.Key(), o.Key(), "%+v", o)
 	}
 	require.Equal(t, `smsrOid="1.2";servicePlan="";etfWaiver=unset;reasonCode=""`, command.Options{SmsrOid: "1.2"}.Key())
+	require.Equal(t, `smsrOid="";servicePlan="P\"é";etfWaiver=false;reasonCode="FF"`,
+		command.Options{ServicePlan: `P"é`, EtfWaiver: &no, ReasonCode: "FF"}.Key(), "esimctl's run ids hash this text")
 }
 
 func TestBatchKeySeparatesActionsAccountsAndOptions(t *testing.T) {

@@ -46,16 +46,21 @@ type Options struct {
 	ReasonCode  string // deactivate, 2 characters
 }
 
-// Key is a canonical string of o: equal options, equal keys.
+// Key is a canonical string of o: equal options, equal keys. Its text is
+// part of esimctl's run ids, so it never changes:
+// smsrOid="…";servicePlan="…";etfWaiver=unset|true|false;reasonCode="…".
 func (o Options) Key() string {
-	waiver := "unset"
-	if o.EtfWaiver != nil {
-		waiver = strconv.FormatBool(*o.EtfWaiver)
+	b := make([]byte, 0, 64+len(o.SmsrOid)+len(o.ServicePlan)+len(o.ReasonCode))
+	b = strconv.AppendQuote(append(b, "smsrOid="...), o.SmsrOid)
+	b = strconv.AppendQuote(append(b, ";servicePlan="...), o.ServicePlan)
+	b = append(b, ";etfWaiver="...)
+	if o.EtfWaiver == nil {
+		b = append(b, "unset"...)
+	} else {
+		b = strconv.AppendBool(b, *o.EtfWaiver)
 	}
-	return "smsrOid=" + strconv.Quote(o.SmsrOid) +
-		";servicePlan=" + strconv.Quote(o.ServicePlan) +
-		";etfWaiver=" + waiver +
-		";reasonCode=" + strconv.Quote(o.ReasonCode)
+	b = strconv.AppendQuote(append(b, ";reasonCode="...), o.ReasonCode)
+	return string(b)
 }
 
 // Device is a valid device of a command.

@@ -30,8 +30,6 @@ func (s *Service) intake(ctx context.Context, msg jetstream.Msg) {
 	if meta.NumDelivered > 1 {
 		s.m.duplicateCalls.Inc()
 	}
-	log := s.log.With().Str(observability.FieldSubject, msg.Subject()).Uint64("stream_seq", meta.Sequence.Stream).Logger()
-
 	action, err := command.ActionFromSubject(msg.Subject())
 	if err == nil {
 		var cmd *command.Command
@@ -41,6 +39,7 @@ func (s *Service) intake(ctx context.Context, msg jetstream.Msg) {
 			return
 		}
 	}
+	log := s.log.With().Str(observability.FieldSubject, msg.Subject()).Uint64("stream_seq", meta.Sequence.Stream).Logger()
 	log.Warn().Err(err).Msg("undecodable command to the dead letters")
 	if dlErr := s.deadLetter(ctx, msg, err.Error()); dlErr != nil {
 		log.Error().Err(dlErr).Msg("dead letter failed; command handed back")
