@@ -50,7 +50,7 @@ func (d *devices) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case err != nil:
 		observability.WriteJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "cannot read the status stream: " + err.Error()})
 	case state == nil:
-		observability.WriteJSON(w, http.StatusNotFound, map[string]string{"error": "no status event for device " + id})
+		observability.WriteJSON(w, http.StatusNotFound, map[string]string{"error": "no status event for device " + id + " (events are filed under the ICCID where one is known)"})
 	default:
 		observability.WriteJSON(w, http.StatusOK, state)
 	}
