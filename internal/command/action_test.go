@@ -128,6 +128,19 @@ func TestTheCommandSchemasConstrainAnIdToAStringOnly(t *testing.T) {
 	}
 }
 
+// The verdict key (decode.go) holds only commandId's length: sound while
+// the schemas constrain nothing else of it.
+func TestTheCommandSchemasConstrainACommandIdByItsLengthOnly(t *testing.T) {
+	for _, a := range command.Actions {
+		doc := schemaDoc(t, a)
+		id := doc["properties"].(map[string]any)["commandId"].(map[string]any)
+		for k := range id {
+			require.Contains(t, []string{"type", "maxLength", "description"}, k, "%s: commandId has %q: revisit verdictKey in decode.go", a, k)
+		}
+		require.Equal(t, "string", id["type"])
+	}
+}
+
 func TestOptionsKeyIsEqualExactlyForEqualOptions(t *testing.T) {
 	yes, no := true, false
 	a := command.Options{ServicePlan: "P", EtfWaiver: &yes, ReasonCode: "FF"}

@@ -2,6 +2,7 @@ package command
 
 import (
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/esim-pipeline/thingspace-esim/internal/device"
@@ -35,10 +36,13 @@ func fastDecode(a Action, body []byte, opts device.Options) (*Command, bool) {
 	}
 	d := decoder{action: a, opts: opts}
 	c := d.build(doc.devices)
-	c.ID, c.AccountName = doc.fields[fieldCommandID], doc.fields[fieldAccountName]
-	c.Options.SmsrOid = doc.fields[fieldSmsrOid]
-	c.Options.ServicePlan = doc.fields[fieldServicePlan]
-	c.Options.ReasonCode = doc.fields[fieldReasonCode]
+	// The command's own fields outlive it (the dispatcher keeps a batch
+	// key's options): copies, not slices of the whole body. The device
+	// identifiers leave with their command.
+	c.ID, c.AccountName = strings.Clone(doc.fields[fieldCommandID]), strings.Clone(doc.fields[fieldAccountName])
+	c.Options.SmsrOid = strings.Clone(doc.fields[fieldSmsrOid])
+	c.Options.ServicePlan = strings.Clone(doc.fields[fieldServicePlan])
+	c.Options.ReasonCode = strings.Clone(doc.fields[fieldReasonCode])
 	if doc.has&(1<<fieldEtfWaiver) != 0 {
 		w := doc.etfWaiver
 		c.Options.EtfWaiver = &w
@@ -269,8 +273,8 @@ func (p *fastDoc) boolean() (bool, bool) {
 }
 
 // verdictKey is verdictKey's key of the same body, built from what was
-// read (TestFastVerdictKeyIsVerdictKey holds the two together); "" when
-// the devices have more shapes than maxShapes.
+// read (FuzzFastDecode holds the two together); "" when the devices have
+// more shapes than maxShapes.
 func (p *fastDoc) verdictKey(a Action) string {
 	b := make([]byte, 0, 256)
 	b = append(b, a...)

@@ -64,11 +64,13 @@ func TestAFleetOnAClusterBehavesAsOne(t *testing.T) {
 	const singles, ordered = 2000, 100
 	steps := []string{"disable", "enable", "disable"}
 	for i := range singles {
-		e.publish("enable", enableBody("single-"+strconv.Itoa(i), 1000+i), "")
+		id := "single-" + strconv.Itoa(i)
+		e.publish("enable", enableBody(id, 1000+i), id)
 	}
 	for si, action := range steps {
 		for d := range ordered {
-			e.publish(action, enableBody("ordered-"+strconv.Itoa(si)+"-"+strconv.Itoa(d), d), "")
+			id := "ordered-" + strconv.Itoa(si) + "-" + strconv.Itoa(d)
+			e.publish(action, enableBody(id, d), id)
 		}
 	}
 	total := singles + ordered*len(steps)

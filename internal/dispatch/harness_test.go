@@ -3,6 +3,7 @@ package dispatch_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http/httptest"
 	"sync"
@@ -167,7 +168,16 @@ func (e *env) publish(action string, body any, msgID string) {
 		m.Header.Set(nats.MsgIdHdr, msgID)
 	}
 	_, err := e.js.PublishMsg(context.Background(), m)
+	// A slow cluster may answer after the client gave up: with a message
+	// id, sending again is safe (the stream keeps one), as a producer would.
+	for try := 0; msgID != "" && try < 3 && isTimeout(err); try++ {
+		_, err = e.js.PublishMsg(context.Background(), m)
+	}
 	require.NoError(e.t, err)
+}
+
+func isTimeout(err error) bool {
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)
 }
 
 // pending counts commands in the command stream not yet acknowledged.
