@@ -86,20 +86,22 @@ func RunCluster(t testing.TB, n int) *Cluster {
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		leader, current := false, 0
+		// Ready once the meta leader has every peer's stats: placing an
+		// R3 stream before that fails with "no suitable peers for placement".
+		peers, current := 0, 0
 		for _, s := range c.Servers {
 			if s.srv.JetStreamIsLeader() {
-				leader = true
+				peers = len(s.srv.JetStreamClusterPeers())
 			}
 			if s.srv.JetStreamIsCurrent() {
 				current++
 			}
 		}
-		if leader && current == n {
+		if peers == n && current == n {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("natstest: no JetStream meta leader")
+			t.Fatalf("natstest: JetStream cluster not formed: %d of %d peers known to the meta leader, %d current", peers, n, current)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
