@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -160,6 +161,7 @@ func (b *bench) natsFor(ctx context.Context, name, template string, o natsOption
 			return nil, "", fmt.Errorf("copy template store: %w", err)
 		}
 	}
+	b.settle()
 	ns, err := startNATS(ctx, b.natsBin, dir, o)
 	if err != nil {
 		return nil, "", err
@@ -175,6 +177,17 @@ func (b *bench) natsFor(ctx context.Context, name, template string, o natsOption
 		return nil, "", err
 	}
 	return ns, dir, nil
+}
+
+// settle writes back every dirty page before a run: the kernel flushes
+// dirty data some 30 s after it was written, so without it a run pays
+// for writing back what the runs before it stored (a gigabyte after
+// measurement 1), at a cost to its own writes and CPU that varies with
+// what ran before it.
+func (b *bench) settle() {
+	start := time.Now()
+	syscall.Sync()
+	b.log.Debug().Dur("took", time.Since(start).Round(time.Millisecond)).Msg("dirty pages written back")
 }
 
 // template returns a store directory holding n pre-published commands,
