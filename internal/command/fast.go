@@ -36,9 +36,15 @@ func fastDecode(a Action, body []byte, opts device.Options) (*Command, bool) {
 	}
 	d := decoder{action: a, opts: opts}
 	c := d.build(doc.devices)
-	// The command's own fields outlive it (the dispatcher keeps a batch
-	// key's options): copies, not slices of the whole body. The device
-	// identifiers leave with their command.
+	// Everything the command hands out is a copy, not a slice of the
+	// whole body: the dispatcher keeps a batch key's options for good and
+	// a device's identifiers until its call is made.
+	for i := range c.Devices {
+		c.Devices[i].IDs = cloneSet(c.Devices[i].IDs)
+	}
+	for i := range c.Problems {
+		c.Problems[i].Device = cloneSet(c.Problems[i].Device)
+	}
 	c.ID, c.AccountName = strings.Clone(doc.fields[fieldCommandID]), strings.Clone(doc.fields[fieldAccountName])
 	c.Options.SmsrOid = strings.Clone(doc.fields[fieldSmsrOid])
 	c.Options.ServicePlan = strings.Clone(doc.fields[fieldServicePlan])
@@ -48,6 +54,14 @@ func fastDecode(a Action, body []byte, opts device.Options) (*Command, bool) {
 		c.Options.EtfWaiver = &w
 	}
 	return c, true
+}
+
+// cloneSet copies the identifiers of s.
+func cloneSet(s device.Set) device.Set {
+	return device.Set{
+		EID: strings.Clone(s.EID), ICCID: strings.Clone(s.ICCID), IMEI: strings.Clone(s.IMEI),
+		MDN: strings.Clone(s.MDN), MSISDN: strings.Clone(s.MSISDN),
+	}
 }
 
 // The top-level fields fastDecode reads, in the byte order of their names
