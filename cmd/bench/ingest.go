@@ -231,28 +231,18 @@ func (r loadRun) info(name string, k ingestKind) runInfo {
 // neighbours move a single run by up to 2x; the median of each side
 // counts), then open loop at half of each median.
 func (b *bench) measureIngest(ctx context.Context, rep *report) error {
-	var bases, meass []loadRun
-	for i := range b.s.rounds {
-		round := b.roundLabel(i)
-		base, err := b.runIngest(ctx, fmt.Sprintf("ingest-baseline-%d", i+1), ingestLaunch{kind: ingestBaseline})
-		if err != nil {
-			return fmt.Errorf("baseline: %w", err)
-		}
-		b.ingestBaseRSS = max(b.ingestBaseRSS, base.rss)
-		rep.runs = append(rep.runs, base.info("2 baseline: bare handler, publish and await ack"+round, ingestBaseline))
-		meas, err := b.runIngest(ctx, fmt.Sprintf("ingest-%d", i+1), ingestLaunch{kind: ingestReal})
-		if err != nil {
-			return fmt.Errorf("callback-ingest: %w", err)
-		}
-		b.ingestRSS = max(b.ingestRSS, meas.rss)
-		rep.runs = append(rep.runs, meas.info("2 callback-ingest"+round, ingestReal))
-		bases, meass = append(bases, base), append(meass, meas)
+	bases, meass, err := b.ingestRounds(ctx, rep, ingestPair{
+		name: "ingest", baseLabel: "2 baseline: bare handler, publish and await ack", label: "2 callback-ingest",
+		note: "Measurement 2's closed loop",
+	})
+	if err != nil {
+		return err
+	}
+	for i := range bases {
+		b.ingestBaseRSS = max(b.ingestBaseRSS, bases[i].rss)
+		b.ingestRSS = max(b.ingestRSS, meass[i].rss)
 	}
 	base, meas := median(bases, answered), median(meass, answered)
-	if b.s.rounds > 1 {
-		rep.notes = append(rep.notes, fmt.Sprintf("Measurement 2's closed loop ran %d times on each side, in turn; the table gives the median run of each (answered/s: bare handler %s, callback-ingest %s).",
-			b.s.rounds, joinRates(bases, answered), joinRates(meass, answered)))
-	}
 
 	rep.add(row{
 		measurement: fmt.Sprintf("2. Callback ingest, %d keep-alive connections, closed loop: answered 200 (callbacks/s)", b.s.conns),
@@ -289,6 +279,38 @@ func (b *bench) measureIngest(ctx context.Context, rep *report) error {
 		goal:        "< 20 ms", met: yes(p99 > 0 && p99 < 20*time.Millisecond),
 	})
 	return nil
+}
+
+// ingestPair names one closed-loop comparison of the bare handler and
+// callback-ingest: its runs' directories, labels in the runs table, the
+// note's subject and the server's options.
+type ingestPair struct {
+	name, baseLabel, label, note string
+	o                            natsOptions
+}
+
+// ingestRounds runs the bare handler and callback-ingest in turn
+// b.s.rounds times, lists every run and notes every rate.
+func (b *bench) ingestRounds(ctx context.Context, rep *report, r ingestPair) (bases, meass []loadRun, err error) {
+	for i := range b.s.rounds {
+		round := b.roundLabel(i)
+		base, err := b.runIngest(ctx, fmt.Sprintf("%s-baseline-%d", r.name, i+1), ingestLaunch{kind: ingestBaseline, o: r.o})
+		if err != nil {
+			return nil, nil, fmt.Errorf("baseline: %w", err)
+		}
+		rep.runs = append(rep.runs, base.info(r.baseLabel+round, ingestBaseline))
+		meas, err := b.runIngest(ctx, fmt.Sprintf("%s-%d", r.name, i+1), ingestLaunch{kind: ingestReal, o: r.o})
+		if err != nil {
+			return nil, nil, fmt.Errorf("callback-ingest: %w", err)
+		}
+		rep.runs = append(rep.runs, meas.info(r.label+round, ingestReal))
+		bases, meass = append(bases, base), append(meass, meas)
+	}
+	if b.s.rounds > 1 {
+		rep.notes = append(rep.notes, fmt.Sprintf("%s ran %d times on each side, in turn; the table gives the median run of each (answered/s: bare handler %s, callback-ingest %s).",
+			r.note, b.s.rounds, joinRates(bases, answered), joinRates(meass, answered)))
+	}
+	return bases, meass, nil
 }
 
 // median is the element of xs with the median rate (the lower middle of

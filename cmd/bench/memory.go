@@ -158,27 +158,14 @@ func (b *bench) measureSync(ctx context.Context, rep *report) error {
 // measureSyncIngest is measurement 4's ingest half: the bare handler and
 // callback-ingest against a nats-server at sync_interval: always.
 func (b *bench) measureSyncIngest(ctx context.Context, rep *report) error {
-	always := natsOptions{syncAlways: true}
-	var bases, meass []loadRun
-	for i := range b.s.rounds {
-		round := b.roundLabel(i)
-		base, err := b.runIngest(ctx, fmt.Sprintf("sync-ingest-baseline-%d", i+1), ingestLaunch{kind: ingestBaseline, o: always})
-		if err != nil {
-			return fmt.Errorf("ingest baseline: %w", err)
-		}
-		rep.runs = append(rep.runs, base.info("4 always: bare handler"+round, ingestBaseline))
-		meas, err := b.runIngest(ctx, fmt.Sprintf("sync-ingest-%d", i+1), ingestLaunch{kind: ingestReal, o: always})
-		if err != nil {
-			return fmt.Errorf("callback-ingest: %w", err)
-		}
-		rep.runs = append(rep.runs, meas.info("4 always: callback-ingest"+round, ingestReal))
-		bases, meass = append(bases, base), append(meass, meas)
+	bases, meass, err := b.ingestRounds(ctx, rep, ingestPair{
+		name: "sync-ingest", baseLabel: "4 always: bare handler", label: "4 always: callback-ingest",
+		note: "Measurement 4's ingest", o: natsOptions{syncAlways: true},
+	})
+	if err != nil {
+		return err
 	}
 	base, meas := median(bases, answered), median(meass, answered)
-	if b.s.rounds > 1 {
-		rep.notes = append(rep.notes, fmt.Sprintf("Measurement 4's ingest ran %d times on each side, in turn; the table gives the median run of each (answered/s: bare handler %s, callback-ingest %s).",
-			b.s.rounds, joinRates(bases, answered), joinRates(meass, answered)))
-	}
 	rep.add(row{
 		measurement: "4. sync always: callback ingest answered 200 (callbacks/s)",
 		baseline:    perSec(base.res.rate()), measured: perSec(meas.res.rate()), ratio: ratio(meas.res.rate(), base.res.rate()),
