@@ -30,7 +30,7 @@ var (
 	application = layer{"application", 3, []string{"internal/dispatch", "internal/callback"}}
 	adapters    = layer{"adapter", 2, []string{"internal/thingspace", "internal/simulator", "internal/broker",
 		"internal/correlation", "internal/ratelimit"}}
-	models = layer{"model", 1, []string{"internal/device", "internal/command", "internal/status", "internal/batch"}}
+	models = layer{"model", 1, []string{"internal/device", "internal/command", "internal/status", "internal/batch", "internal/order"}}
 	leaves = layer{"leaf", 0, []string{"schemas", "internal/config", "internal/observability", "internal/natstest", "internal/testkit", "internal/archtest"}}
 
 	layers = []layer{programs, application, adapters, models, leaves}
