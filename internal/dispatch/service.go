@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -14,7 +13,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/nats-io/nuid"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
@@ -168,7 +166,6 @@ func (s *Service) Run(ctx context.Context) error {
 		fleet, err := ratelimit.NewFleet(ctx, js, ratelimit.FleetConfig{
 			PerSecond: s.cfg.Rate,
 			Burst:     s.cfg.Burst,
-			Member:    memberName(),
 			Replicas:  s.cfg.StreamReplicas,
 			Log:       s.log.With().Str(observability.FieldComponent, "ratelimit").Logger(),
 		})
@@ -244,12 +241,6 @@ func (s *Service) Run(ctx context.Context) error {
 
 // PriorityGroup is the dispatcher consumer's pinned priority group.
 const PriorityGroup = "dispatch"
-
-// memberName names this process in the rate-limit fleet.
-func memberName() string {
-	host, _ := os.Hostname()
-	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), nuid.Next()[:8])
-}
 
 // scope is the rate budget a call for account draws on.
 func (s *Service) scope(account string) string {

@@ -38,11 +38,11 @@ type world struct {
 	called   []order.Release // at ThingSpace (or failed), outcome not stored
 
 	outcomes map[[2]string][]uint64 // action, device -> seqs of the outcomes stored
-	sent    map[string][]uint64  // device -> seqs ThingSpace was sent, in order
-	failed  map[[2]string]bool   // seq, device that ended failed
-	skipped map[[2]string]bool
-	stored  map[[2]string]bool // seq, device whose outcome was stored once
-	now     time.Time
+	sent     map[string][]uint64    // device -> seqs ThingSpace was sent, in order
+	failed   map[[2]string]bool     // seq, device that ended failed
+	skipped  map[[2]string]bool
+	stored   map[[2]string]bool // seq, device whose outcome was stored once
+	now      time.Time
 }
 
 type wcmd struct {

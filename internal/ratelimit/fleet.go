@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -15,8 +14,7 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// Bucket is the key-value bucket that holds the fleet's token buckets and
-// the members' heartbeats.
+// Bucket is the key-value bucket that holds the fleet's token buckets.
 const Bucket = "thingspace_rate"
 
 // FleetConfig configures a Fleet limiter.
@@ -26,59 +24,69 @@ type FleetConfig struct {
 	PerSecond float64
 	// Burst is how many calls may go at once above the rate (default 1).
 	Burst int
-	// Member names this process among the fleet (a unique id).
-	Member string
-	// OpTimeout bounds one key-value operation; slower than that, the
-	// limiter degrades to its local share (default 500ms).
+	// OpTimeout bounds one key-value operation (default 2s); a slower one is
+	// tried again, and no call goes before it succeeds.
 	OpTimeout time.Duration
-	// Heartbeat is how often the member says it is alive (default 2s);
-	// members not heard of for 5 heartbeats are gone.
-	Heartbeat time.Duration
+	// ClockEvery is how often the limiter reads the server's clock
+	// (default 2s).
+	ClockEvery time.Duration
 	// Replicas of the bucket (default 1).
 	Replicas int
 	Log      zerolog.Logger
+	// Clock is this host's clock (default time.Now). The limiter counts in
+	// the server's time, measured against it; a test sets a skewed one.
+	Clock func() time.Time
+}
+
+func (c *FleetConfig) setDefaults() {
+	if c.Burst < 1 {
+		c.Burst = 1
+	}
+	if c.OpTimeout <= 0 {
+		c.OpTimeout = 2 * time.Second
+	}
+	if c.ClockEvery <= 0 {
+		c.ClockEvery = 2 * time.Second
+	}
+	if c.Clock == nil {
+		c.Clock = time.Now
+	}
 }
 
 // Fleet is a Limiter shared by every dispatcher: a token bucket per scope
 // kept in a JetStream key-value bucket and updated with compare-and-set, so
-// the fleet together never exceeds PerSecond. When NATS does not answer
-// within OpTimeout, each member falls back to a local bucket of
-// PerSecond divided by the members it last saw alive: never above the
-// budget, at the cost of leaving some of it unused.
+// the fleet together never exceeds PerSecond.
+//
+// Its rules: time is the server's (a bucket's last refill is the server's
+// timestamp of the entry that stored it; the present is this host's clock
+// corrected by its measured offset from the server's, so a host whose
+// clock runs ahead neither starves the others nor ends a 429 pause early);
+// a token exists only once it is stored, so a member that cannot reach
+// NATS makes no call until it can (a call it made then could not be
+// recorded either); and the token is taken for the scope of the call that
+// follows it.
 type Fleet struct {
-	cfg     FleetConfig
-	kv      jetstream.KeyValue
-	local   atomic.Pointer[Local] // the fallback: PerSecond / members
-	members atomic.Int64
-	now     func() time.Time
+	cfg    FleetConfig
+	js     jetstream.JetStream
+	kv     jetstream.KeyValue
+	offset atomic.Int64 // server clock minus this host's, ns
 }
 
-// state is one scope's bucket, as stored.
+// state is one scope's bucket, as stored. Its refill time is the entry's
+// server timestamp.
 type state struct {
 	Tokens float64 `json:"tokens"`
-	At     int64   `json:"at"`     // unix nanoseconds of the last update
-	Until  int64   `json:"until"`  // no call before this (a 429's Retry-After)
+	Until  int64   `json:"until"`  // server unix ns: no call before this (a 429's Retry-After)
 	Factor float64 `json:"factor"` // share of PerSecond in force after 429s (1/16..1)
 }
 
-// NewFleet creates or binds the bucket and starts the heartbeat, which ends
-// with ctx.
+// NewFleet creates or binds the bucket, reads the server's clock, and keeps
+// reading it until ctx ends.
 func NewFleet(ctx context.Context, js jetstream.JetStream, cfg FleetConfig) (*Fleet, error) {
-	if cfg.Burst < 1 {
-		cfg.Burst = 1
-	}
-	if cfg.OpTimeout <= 0 {
-		cfg.OpTimeout = 500 * time.Millisecond
-	}
-	if cfg.Heartbeat <= 0 {
-		cfg.Heartbeat = 2 * time.Second
-	}
-	if cfg.Member == "" {
-		return nil, errors.New("ratelimit: fleet member needs a name")
-	}
+	cfg.setDefaults()
 	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      Bucket,
-		Description: "ThingSpace call budget shared by the dispatchers, and their heartbeats",
+		Description: "ThingSpace call budget shared by the dispatchers",
 		History:     1,
 		Replicas:    max(cfg.Replicas, 1),
 		Storage:     jetstream.FileStorage,
@@ -86,16 +94,56 @@ func NewFleet(ctx context.Context, js jetstream.JetStream, cfg FleetConfig) (*Fl
 	if err != nil {
 		return nil, fmt.Errorf("bucket %s: %w", Bucket, err)
 	}
-	f := &Fleet{cfg: cfg, kv: kv, now: time.Now}
-	f.local.Store(NewLocal(cfg.PerSecond, 1))
-	f.members.Store(1)
-	f.beat(ctx)
-	go f.heartbeat(ctx)
+	f := &Fleet{cfg: cfg, js: js, kv: kv}
+	if err := f.readClock(ctx); err != nil {
+		return nil, fmt.Errorf("bucket %s: server clock: %w", Bucket, err)
+	}
+	go f.keepClock(ctx)
 	return f, nil
 }
 
-func memberKey(id string) string { return "member." + sanitize(id) }
-func scopeKey(s string) string   { return "scope." + sanitize(s) }
+// readClock measures the server's clock against this host's: the server
+// stamps a stream info with its time, taken halfway through the round trip.
+func (f *Fleet) readClock(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, f.cfg.OpTimeout)
+	defer cancel()
+	st, err := f.js.Stream(ctx, "KV_"+Bucket)
+	if err != nil {
+		return err
+	}
+	sent := f.cfg.Clock()
+	info, err := st.Info(ctx)
+	if err != nil {
+		return err
+	}
+	back := f.cfg.Clock()
+	if info.TimeStamp.IsZero() {
+		return errors.New("the server stamps no time on stream info")
+	}
+	mid := sent.Add(back.Sub(sent) / 2)
+	f.offset.Store(int64(info.TimeStamp.Sub(mid)))
+	return nil
+}
+
+func (f *Fleet) keepClock(ctx context.Context) {
+	t := time.NewTicker(f.cfg.ClockEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := f.readClock(ctx); err != nil && ctx.Err() == nil {
+				f.cfg.Log.Debug().Err(err).Msg("rate limit: server clock not read; the last offset stays")
+			}
+		}
+	}
+}
+
+// now is the server's present time, as well as this host can tell.
+func (f *Fleet) now() time.Time { return f.cfg.Clock().Add(time.Duration(f.offset.Load())) }
+
+func scopeKey(s string) string { return "scope." + sanitize(s) }
 
 func sanitize(s string) string {
 	return strings.Map(func(r rune) rune {
@@ -107,67 +155,13 @@ func sanitize(s string) string {
 	}, s)
 }
 
-func (f *Fleet) heartbeat(ctx context.Context) {
-	t := time.NewTicker(f.cfg.Heartbeat)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			dctx, cancel := context.WithTimeout(context.Background(), f.cfg.OpTimeout)
-			_ = f.kv.Delete(dctx, memberKey(f.cfg.Member))
-			cancel()
-			return
-		case <-t.C:
-			f.beat(ctx)
-		}
-	}
-}
-
-// beat records this member and counts the live ones.
-func (f *Fleet) beat(ctx context.Context) {
-	ctx, cancel := context.WithTimeout(ctx, f.cfg.OpTimeout)
-	defer cancel()
-	now := f.now()
-	if _, err := f.kv.Put(ctx, memberKey(f.cfg.Member), []byte(strconv.FormatInt(now.UnixNano(), 10))); err != nil {
-		return
-	}
-	keys, err := f.kv.ListKeysFiltered(ctx, "member.>")
-	if err != nil {
-		return
-	}
-	alive := int64(0)
-	for k := range keys.Keys() {
-		e, err := f.kv.Get(ctx, k)
-		if err != nil {
-			continue
-		}
-		ns, err := strconv.ParseInt(string(e.Value()), 10, 64)
-		if err != nil {
-			continue
-		}
-		if now.Sub(time.Unix(0, ns)) <= 5*f.cfg.Heartbeat {
-			alive++
-		}
-	}
-	if alive < 1 {
-		alive = 1
-	}
-	if alive != f.members.Load() {
-		f.members.Store(alive)
-		f.local.Store(NewLocal(f.cfg.PerSecond/float64(alive), 1))
-		f.cfg.Log.Info().Int64("members", alive).Msg("rate limit fleet changed")
-	}
-}
-
-// Members is the number of live members last counted.
-func (f *Fleet) Members() int { return int(f.members.Load()) }
-
 // Wait implements Limiter.
 func (f *Fleet) Wait(ctx context.Context, scope string) error {
 	if f.cfg.PerSecond <= 0 {
 		return ctx.Err()
 	}
 	key := scopeKey(scope)
+	retry := 50 * time.Millisecond
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -177,9 +171,12 @@ func (f *Fleet) Wait(ctx context.Context, scope string) error {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			// NATS is slow or away: the local share never exceeds the budget.
-			f.cfg.Log.Debug().Err(err).Msg("rate limit: using the local share")
-			return f.local.Load().Wait(ctx, scope)
+			// No token without NATS: wait for it, never spend one it did not grant.
+			f.cfg.Log.Debug().Err(err).Msg("rate limit: bucket not reached; waiting for it")
+			wait = retry
+			retry = min(2*retry, time.Second)
+		} else {
+			retry = 50 * time.Millisecond
 		}
 		if wait == 0 {
 			return nil
@@ -203,15 +200,8 @@ func (f *Fleet) take(ctx context.Context, key string) (time.Duration, error) {
 	if until := time.Unix(0, st.Until); now.Before(until) {
 		return until.Sub(now), nil
 	}
-	rate := f.cfg.PerSecond * st.Factor
-	elapsed := now.Sub(time.Unix(0, st.At)).Seconds()
-	if elapsed < 0 {
-		elapsed = 0 // another member's clock runs ahead
-	}
-	st.Tokens = math.Min(float64(f.cfg.Burst), st.Tokens+elapsed*rate)
-	st.At = now.UnixNano()
 	if st.Tokens < 1 {
-		return time.Duration((1 - st.Tokens) / rate * float64(time.Second)), nil
+		return time.Duration((1 - st.Tokens) / (f.cfg.PerSecond * st.Factor) * float64(time.Second)), nil
 	}
 	st.Tokens--
 	if err := f.store(ctx, key, st, rev); err != nil {
@@ -223,17 +213,18 @@ func (f *Fleet) take(ctx context.Context, key string) (time.Duration, error) {
 	return 0, nil
 }
 
+// load reads key's bucket, refilled up to now.
 func (f *Fleet) load(ctx context.Context, key string) (state, uint64, error) {
 	e, err := f.kv.Get(ctx, key)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		st := state{Tokens: float64(f.cfg.Burst), At: f.now().UnixNano(), Factor: 1}
+		st := state{Tokens: float64(f.cfg.Burst), Factor: 1}
 		b, _ := json.Marshal(st)
 		rev, err := f.kv.Create(ctx, key, b)
-		if err != nil && !isConflict(err) && !errors.Is(err, jetstream.ErrKeyExists) {
-			return state{}, 0, err
+		if errors.Is(err, jetstream.ErrKeyExists) || isConflict(err) {
+			return f.load(ctx, key)
 		}
 		if err != nil {
-			return f.load(ctx, key)
+			return state{}, 0, err
 		}
 		return st, rev, nil
 	}
@@ -242,8 +233,10 @@ func (f *Fleet) load(ctx context.Context, key string) (state, uint64, error) {
 	}
 	var st state
 	if err := json.Unmarshal(e.Value(), &st); err != nil || st.Factor <= 0 {
-		st = state{Tokens: 0, At: f.now().UnixNano(), Factor: 1}
+		st = state{Factor: 1}
 	}
+	elapsed := max(f.now().Sub(e.Created()).Seconds(), 0)
+	st.Tokens = math.Min(float64(f.cfg.Burst), st.Tokens+elapsed*f.cfg.PerSecond*st.Factor)
 	return st, e.Revision(), nil
 }
 
@@ -262,7 +255,6 @@ func isConflict(err error) bool {
 // halves (down to a sixteenth).
 func (f *Fleet) Throttled(scope string, retryAfter time.Duration) {
 	retryAfter = clampPause(retryAfter)
-	f.local.Load().Throttled(scope, retryAfter)
 	f.update(scope, func(st *state) {
 		if u := f.now().Add(retryAfter).UnixNano(); u > st.Until {
 			st.Until = u
@@ -273,7 +265,6 @@ func (f *Fleet) Throttled(scope string, retryAfter time.Duration) {
 
 // Succeeded implements Limiter: the fleet earns back a tenth of its rate.
 func (f *Fleet) Succeeded(scope string) {
-	f.local.Load().Succeeded(scope)
 	f.update(scope, func(st *state) {
 		if st.Factor < 1 {
 			st.Factor = math.Min(1, st.Factor+0.1)

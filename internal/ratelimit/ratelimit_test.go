@@ -2,12 +2,12 @@ package ratelimit_test
 
 import (
 	"context"
-	"strconv"
+	"slices"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/esim-pipeline/thingspace-esim/internal/natstest"
@@ -28,68 +28,113 @@ func TestLocalPausesOnThrottleAndHalvesItsRate(t *testing.T) {
 	require.InDelta(t, 10, l.Limit("a"), 0.001, "successes earn the rate back, never above it")
 }
 
-// calls runs n members taking tokens as fast as they may for d and returns
-// how many they took in all.
-func calls(t *testing.T, members []*ratelimit.Fleet, d time.Duration) int64 {
+// busiest runs the members taking tokens as fast as they may for d and
+// returns the most tokens taken within any one second, all of them, and
+// each member's.
+func busiest(t *testing.T, members []*ratelimit.Fleet, d time.Duration) (most, all int, each []int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
-	var n atomic.Int64
+	var mu sync.Mutex
+	var at []time.Time
+	each = make([]int, len(members))
 	var wg sync.WaitGroup
-	for _, m := range members {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+	for i, m := range members {
+		wg.Go(func() {
 			for m.Wait(ctx, "fleet") == nil {
-				n.Add(1)
+				mu.Lock()
+				at = append(at, time.Now())
+				each[i]++
+				mu.Unlock()
 			}
-		}()
+		})
 	}
 	wg.Wait()
-	return n.Load()
+	slices.SortFunc(at, func(a, b time.Time) int { return a.Compare(b) })
+	for i := range at {
+		j := i
+		for j < len(at) && at[j].Sub(at[i]) < time.Second {
+			j++
+		}
+		most = max(most, j-i)
+	}
+	return most, len(at), each
+}
+
+// fleet starts one member per JetStream context, on clocks skewed by skew
+// (none where skew is shorter).
+func fleet(t *testing.T, perSecond float64, jss []jetstream.JetStream, skew ...time.Duration) []*ratelimit.Fleet {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	var out []*ratelimit.Fleet
+	for i, js := range jss {
+		cfg := ratelimit.FleetConfig{PerSecond: perSecond, Burst: 1, ClockEvery: 200 * time.Millisecond}
+		if i < len(skew) {
+			d := skew[i]
+			cfg.Clock = func() time.Time { return time.Now().Add(d) }
+		}
+		f, err := ratelimit.NewFleet(ctx, js, cfg)
+		require.NoError(t, err)
+		out = append(out, f)
+	}
+	return out
 }
 
 func TestFleetMembersShareOneBudget(t *testing.T) {
 	ns := natstest.Run(t)
 	_, js := ns.JetStream()
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	var fleet []*ratelimit.Fleet
-	for i := range 3 {
-		f, err := ratelimit.NewFleet(ctx, js, ratelimit.FleetConfig{
-			PerSecond: 20, Burst: 1, Member: "m" + strconv.Itoa(i), Heartbeat: 100 * time.Millisecond,
-		})
-		require.NoError(t, err)
-		fleet = append(fleet, f)
-	}
-	require.Eventually(t, func() bool { return fleet[0].Members() == 3 }, 5*time.Second, 20*time.Millisecond)
-
-	got := calls(t, fleet, 2*time.Second)
+	most, all, _ := busiest(t, fleet(t, 20, []jetstream.JetStream{js, js, js}), 2*time.Second)
 	// 20 a second for 2 seconds, plus the burst: never the 3 x 40 that
 	// three separate limiters would allow.
-	require.LessOrEqual(t, got, int64(41+1))
-	require.GreaterOrEqual(t, got, int64(25), "the budget is used, not starved by conflicts")
+	require.LessOrEqual(t, all, 41+1)
+	require.LessOrEqual(t, most, 20+1)
+	require.GreaterOrEqual(t, all, 25, "the budget is used, not starved by conflicts")
 }
 
-func TestFleetFallsBackToItsLocalShareWhenNATSIsAway(t *testing.T) {
+// Issue 19.10: a member whose clock ran 2 s ahead took the whole budget
+// and saw a 429 pause end 2 s early.
+func TestAFleetMemberWhoseClockRunsAheadNeitherStarvesTheOthersNorEndsAPauseEarly(t *testing.T) {
 	ns := natstest.Run(t)
 	_, js := ns.JetStream()
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	var fleet []*ratelimit.Fleet
-	for i := range 2 {
-		f, err := ratelimit.NewFleet(ctx, js, ratelimit.FleetConfig{
-			PerSecond: 20, Burst: 1, Member: "m" + strconv.Itoa(i), Heartbeat: 100 * time.Millisecond,
-			OpTimeout: 100 * time.Millisecond,
-		})
-		require.NoError(t, err)
-		fleet = append(fleet, f)
+	members := fleet(t, 10, []jetstream.JetStream{js, js}, 2*time.Second)
+	most, all, each := busiest(t, members, 4*time.Second)
+	t.Logf("busiest second %d, %d in 4 s, by member %v", most, all, each)
+	require.LessOrEqual(t, most, 10+1, "10 a second and the burst of 1")
+	require.GreaterOrEqual(t, all, 25, "the budget is used")
+	for i, n := range each {
+		require.GreaterOrEqual(t, n, all/4, "member %d is not starved", i)
 	}
-	require.Eventually(t, func() bool { return fleet[0].Members() == 2 && fleet[1].Members() == 2 }, 5*time.Second, 20*time.Millisecond)
-	ns.Shutdown()
 
-	got := calls(t, fleet, 2*time.Second)
-	// Each member falls back to 20/2 a second: together still within 20/s.
-	require.LessOrEqual(t, got, int64(41+2))
-	require.GreaterOrEqual(t, got, int64(10), "calls go on while NATS is away")
+	// A 429 seen by the member on time pauses the one ahead as long.
+	members[1].Throttled("fleet", 3*time.Second)
+	start := time.Now()
+	require.NoError(t, members[0].Wait(context.Background(), "fleet"))
+	require.GreaterOrEqual(t, time.Since(start), 2500*time.Millisecond, "the pause does not end early on the clock ahead")
+}
+
+// Issue 19.10: a member whose NATS answered slowly fell back to a local
+// share on top of what the others drew from the shared bucket.
+func TestAFleetMemberWithSlowNATSDoesNotExceedTheBudget(t *testing.T) {
+	ns := natstest.Run(t)
+	_, js := ns.JetStream()
+	proxy := natstest.NewProxy(t, ns.URL())
+	members := fleet(t, 10, []jetstream.JetStream{js, proxy.JetStream()})
+	proxy.Slow(700)
+	most, all, each := busiest(t, members, 4*time.Second)
+	t.Logf("busiest second %d, %d in 4 s, by member %v", most, all, each)
+	require.LessOrEqual(t, most, 10+1, "10 a second and the burst of 1")
+	require.GreaterOrEqual(t, all, 25, "the budget is used")
+}
+
+func TestAFleetMemberMakesNoCallWhileNATSIsAwayAndGoesOnWhenItIsBack(t *testing.T) {
+	ns := natstest.Run(t)
+	_, js := ns.JetStream()
+	members := fleet(t, 20, []jetstream.JetStream{js, js})
+	ns.Shutdown()
+	_, all, _ := busiest(t, members, time.Second)
+	require.LessOrEqual(t, all, 0, "no token without the bucket: a call now could not be recorded either")
+	ns.Start()
+	_, all, _ = busiest(t, members, 2*time.Second)
+	require.GreaterOrEqual(t, all, 10, "calls go on once NATS is back")
 }
