@@ -174,6 +174,20 @@ func (a *apiTap) get(kind map[string][][]byte, key string) [][]byte {
 	return slices.Clone(kind[key])
 }
 
+// wait returns the bodies recorded under key once there is one, or none
+// after a few seconds. The tap's subscription hears a request on its own
+// connection, so it may hear it after the service got its answer: the
+// assertions wait for the recording rather than race it.
+func (a *apiTap) wait(t *testing.T, kind map[string][][]byte, key string) [][]byte {
+	t.Helper()
+	var got [][]byte
+	require.Eventually(t, func() bool {
+		got = a.get(kind, key)
+		return len(got) > 0
+	}, 5*time.Second, 10*time.Millisecond, "no request for %s was recorded", key)
+	return got
+}
+
 // atReplicas re-encodes a StreamConfig or ConsumerConfig body with the
 // deployment's replicas.
 func atReplicas[T jetstream.StreamConfig | jetstream.ConsumerConfig](t *testing.T, body []byte, set func(*T)) []byte {
@@ -273,7 +287,7 @@ func TestJetStreamDefinitionsMatchServices(t *testing.T) {
 	three := func(v *jetstream.StreamConfig) { v.Replicas = replicas }
 	t.Run("the services create the streams as deploy/jetstream/streams defines them", func(t *testing.T) {
 		for _, s := range broker.Streams(broker.StreamSettings{}) {
-			bodies := rec.get(rec.streams, s.Name)
+			bodies := rec.wait(t, rec.streams, s.Name)
 			require.NotEmpty(t, bodies, "no definition of %s was sent", s.Name)
 			for _, b := range bodies {
 				if *update {
@@ -292,7 +306,7 @@ func TestJetStreamDefinitionsMatchServices(t *testing.T) {
 
 	for _, bucket := range []string{broker.RequestBucket, esimctl.RunBucket} {
 		t.Run("the backing stream of bucket "+bucket, func(t *testing.T) {
-			bodies := rec.get(rec.streams, "KV_"+bucket)
+			bodies := rec.wait(t, rec.streams, "KV_"+bucket)
 			require.NotEmpty(t, bodies, "the bucket %s was not created", bucket)
 			for _, b := range bodies {
 				checkDefinition(t, kvFile(bucket), atReplicas(t, b, three))
@@ -306,7 +320,7 @@ func TestJetStreamDefinitionsMatchServices(t *testing.T) {
 		file := consumerFile(stream, durable)
 		want = append(want, file)
 		t.Run("consumer "+durable, func(t *testing.T) {
-			bodies := rec.get(rec.consumers, stream+"/"+durable)
+			bodies := rec.wait(t, rec.consumers, stream+"/"+durable)
 			require.NotEmpty(t, bodies, "consumer %s on %s was not created", durable, stream)
 			for _, b := range bodies {
 				checkDefinition(t, file, atReplicas(t, b, func(c *jetstream.ConsumerConfig) { c.Replicas = replicas }))

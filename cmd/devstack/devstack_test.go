@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"net"
 	"os"
 	"os/exec"
@@ -159,4 +160,81 @@ func TestReadmeExampleOnTheDevStack(t *testing.T) {
 	require.NoError(t, stack.Process.Signal(syscall.SIGINT))
 	waitFor("devstack: stopped", 30*time.Second)
 	require.NoError(t, stack.Wait(), "Ctrl-C is a clean exit")
+}
+
+// freeAddr is a loopback address nothing listens on.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// TestMakeDevEndsQuietlyOnCtrlC runs `make dev` as a terminal would (its own
+// process group, which Ctrl-C signals as a whole) and checks that the stack
+// stops cleanly and make reports nothing: exit 0, no "make: ***" line.
+func TestMakeDevEndsQuietlyOnCtrlC(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the dev stack through make")
+	}
+	if _, err := exec.LookPath("make"); err != nil {
+		t.Skip("no make on this machine")
+	}
+	_, natsPort, err := net.SplitHostPort(freeAddr(t))
+	require.NoError(t, err)
+	mk := exec.Command("make", "--no-print-directory", "dev")
+	mk.Dir = "../.."
+	mk.Env = append(os.Environ(),
+		"DEVSTACK_DATA="+t.TempDir(),
+		"DEVSTACK_NATS_PORT="+natsPort,
+		"DEVSTACK_SIM_ADDR="+freeAddr(t),
+		"DEVSTACK_CALLBACK_ADDR="+freeAddr(t),
+		"DEVSTACK_INGEST_ADMIN_ADDR="+freeAddr(t),
+		"DEVSTACK_DISPATCHER_ADMIN_ADDR="+freeAddr(t),
+	)
+	mk.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	out, err := mk.StdoutPipe()
+	require.NoError(t, err)
+	mk.Stderr = mk.Stdout // one stream, in order, as a terminal shows it
+	require.NoError(t, mk.Start())
+	t.Cleanup(func() { _ = syscall.Kill(-mk.Process.Pid, syscall.SIGKILL); _ = mk.Wait() })
+
+	lines := make(chan string, 1000)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	var printed strings.Builder
+	up := time.After(3 * time.Minute) // the first build of the stack is slow
+	for !strings.Contains(printed.String(), "Ctrl-C stops everything") {
+		select {
+		case l, ok := <-lines:
+			require.True(t, ok, "make dev ended before the stack was up:\n%s", printed.String())
+			printed.WriteString(l + "\n")
+		case <-up:
+			t.Fatalf("the stack was not up within 3 minutes:\n%s", printed.String())
+		}
+	}
+
+	require.NoError(t, syscall.Kill(-mk.Process.Pid, syscall.SIGINT), "Ctrl-C")
+	for l := range lines {
+		printed.WriteString(l + "\n")
+	}
+	err = mk.Wait()
+	// make gets the Ctrl-C too; it may end with it once the stack has
+	// stopped, which a shell reports as 130 and prints nothing for.
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		ws, _ := exit.Sys().(syscall.WaitStatus)
+		require.True(t, ws.Signaled() && ws.Signal() == syscall.SIGINT,
+			"make dev exits 0, or ends by the Ctrl-C itself, after Ctrl-C; got %v:\n%s", err, printed.String())
+	} else {
+		require.NoError(t, err)
+	}
+	require.Contains(t, printed.String(), "devstack: stopped")
+	require.NotContains(t, printed.String(), "make: ***", "make reports no error")
 }

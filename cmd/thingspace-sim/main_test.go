@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -106,4 +108,31 @@ func TestRun_serves_the_token_endpoint_with_the_dispatcher_credentials_and_stops
 	assert.Contains(t, out, `"SIM_CALLBACK_DELAY":"10ms"`)
 	assert.NotContains(t, out, "my-secret")
 	assert.NotContains(t, out, "my-password")
+}
+
+func TestReadme_lists_every_knob(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	require.NoError(t, err)
+	readme := string(b)
+	start := strings.Index(readme, "<!-- thingspace-sim-knobs:start -->")
+	end := strings.Index(readme, "<!-- thingspace-sim-knobs:end -->")
+	require.True(t, start >= 0 && end > start, "README has the simulator's knob table")
+	var rows []string
+	for _, l := range strings.Split(readme[start:end], "\n") {
+		if strings.HasPrefix(l, "| `--") {
+			rows = append(rows, l)
+		}
+	}
+	var s settings
+	set := config.NewSet("thingspace-sim", io.Discard)
+	declare(set, &s)
+	names := set.Names()
+	require.Len(t, rows, len(names), "one row per setting")
+	for _, name := range names {
+		found := false
+		for _, r := range rows {
+			found = found || strings.Contains(r, "`"+name+"`")
+		}
+		assert.True(t, found, "README's table lists %s", name)
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -158,44 +159,97 @@ func RequestBucketConfig(s StreamSettings) jetstream.KeyValueConfig {
 	}
 }
 
-// Ensure creates or updates every stream and the request bucket. Parallel
-// identical creates on a fresh cluster can go unanswered
-// (nats-io/nats-server#3677), so each is tried again with short attempts
-// until it holds or ctx ends.
+// Ensure creates or updates every stream and the request bucket, all at
+// once, each tried again with short attempts until it holds or ctx ends.
+//
+// Each definition is sent as a create first and as an update only when the
+// server says the stream exists with another configuration. The other order
+// (nats.go's CreateOrUpdateStream asks for an update first) is what stalls a
+// fresh cluster when services start together: an update that reaches the
+// meta leader while another service's create of the same stream is still
+// being applied goes unanswered (the nats-io/nats-server#3677 family), and
+// so does that create, each costing its caller a whole attempt. Identical
+// creates, however many arrive together, are all answered. See
+// TestServicesStartingTogetherOnAFreshClusterAreReadyWithinSeconds.
 func Ensure(ctx context.Context, js jetstream.JetStream, s StreamSettings) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		first error
+	)
+	do := func(what string, op func(ctx context.Context) error) {
+		wg.Go(func() {
+			if err := retry(ctx, op); err != nil {
+				mu.Lock()
+				if first == nil {
+					first = fmt.Errorf("%s: %w", what, err)
+					cancel() // a refused definition: the others need not go on
+				}
+				mu.Unlock()
+			}
+		})
+	}
 	for _, cfg := range Streams(s) {
-		if err := retry(ctx, func(ctx context.Context) error {
-			_, err := js.CreateOrUpdateStream(ctx, cfg)
-			return err
-		}); err != nil {
-			return fmt.Errorf("stream %s: %w", cfg.Name, err)
-		}
+		do("stream "+cfg.Name, func(ctx context.Context) error { return createOrUpdateStream(ctx, js, cfg) })
 	}
 	kv := RequestBucketConfig(s)
-	if err := retry(ctx, func(ctx context.Context) error {
-		_, err := js.CreateOrUpdateKeyValue(ctx, kv)
-		return err
-	}); err != nil {
-		return fmt.Errorf("bucket %s: %w", kv.Bucket, err)
+	do("bucket "+kv.Bucket, func(ctx context.Context) error { return createOrUpdateBucket(ctx, js, kv) })
+	wg.Wait()
+	return first
+}
+
+// createOrUpdateStream creates cfg's stream, or updates it when it exists
+// with another configuration (an identical create succeeds as it is).
+func createOrUpdateStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) error {
+	_, err := js.CreateStream(ctx, cfg)
+	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+		_, err = js.UpdateStream(ctx, cfg)
 	}
-	return nil
+	return err
+}
+
+// createOrUpdateBucket is createOrUpdateStream for a key-value bucket.
+func createOrUpdateBucket(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) error {
+	_, err := js.CreateKeyValue(ctx, cfg)
+	if errors.Is(err, jetstream.ErrBucketExists) {
+		_, err = js.UpdateKeyValue(ctx, cfg)
+	}
+	return err
 }
 
 // errNoPeers is JetStream's "no suitable peers for placement".
 const errNoPeers = 10005
 
-// Retry runs op with 5-second attempts, backing off up to 2 s between them,
-// until it succeeds or ctx ends. For idempotent set-up calls only.
+// Attempts of retry: the first is short, since a set-up call on a healthy
+// server is answered in milliseconds and one that goes unanswered should
+// cost little; each attempt that times out doubles the next one's budget,
+// up to the longest, so a slow server still gets time to answer.
+const (
+	firstAttempt   = 500 * time.Millisecond
+	longestAttempt = 5 * time.Second
+)
+
+// Retry runs op with attempts of 500 ms growing to 5 s (each time one runs
+// out), backing off up to 2 s after an error answer, until op succeeds,
+// fails in a way that will not change (a refused configuration), or ctx
+// ends. For idempotent set-up calls only.
 func Retry(ctx context.Context, op func(ctx context.Context) error) error { return retry(ctx, op) }
 
 func retry(ctx context.Context, op func(ctx context.Context) error) error {
 	wait := 100 * time.Millisecond
+	budget := firstAttempt
 	for {
-		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		actx, cancel := context.WithTimeout(ctx, budget)
 		err := op(actx)
+		timedOut := actx.Err() != nil
 		cancel()
 		if err == nil {
 			return nil
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
 		}
 		var apiErr *jetstream.APIError
 		if errors.As(err, &apiErr) && apiErr.Code >= 400 && apiErr.Code < 500 && apiErr.Code != 408 &&
@@ -204,13 +258,23 @@ func retry(ctx context.Context, op func(ctx context.Context) error) error {
 			// (a cluster still forming, a node restarting) will.
 			return err
 		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
-		case <-time.After(wait):
-		}
-		if wait < 2*time.Second {
+		pause := wait
+		if timedOut {
+			// Unanswered: the attempt already waited; ask again at once
+			// with more time.
+			budget = min(2*budget, longestAttempt)
+			pause = 0
+		} else if wait < 2*time.Second {
 			wait *= 2
+		}
+		if pause > 0 {
+			t := time.NewTimer(pause)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
+			case <-t.C:
+			}
 		}
 	}
 }

@@ -244,14 +244,53 @@ func (rq *request) settle(i int) {
 	rq.mu.Unlock()
 }
 
+// handleStatus answers GET /api/m2m/v2/accounts/{account}/requests/{requestId}/status:
+// the request's status and each device's.
 func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
+	if rq := s.lookup(w, r); rq != nil {
+		writeJSON(w, http.StatusOK, rq.status())
+	}
+}
+
+// V1 request statuses, as Verizon's SDK types them (RequestStatusEnum).
+const (
+	V1StatusPending = "Pending"
+	V1StatusSuccess = "Success"
+	V1StatusFailure = "Failure"
+)
+
+// handleStatusV1 answers the v1 path Verizon's SDK calls
+// (AccountRequestsController, AsynchronousRequestResult): {requestId,
+// status} only, status Pending while a device is unsettled, Success when
+// every device succeeded, Failure when any failed.
+func (s *Server) handleStatusV1(w http.ResponseWriter, r *http.Request) {
+	rq := s.lookup(w, r)
+	if rq == nil {
+		return
+	}
+	st := rq.status()
+	v1 := V1StatusFailure
+	switch st.Status {
+	case StatusPending:
+		v1 = V1StatusPending
+	case StatusSuccess:
+		v1 = V1StatusSuccess
+	}
+	writeJSON(w, http.StatusOK, struct {
+		RequestID string `json:"requestId"`
+		Status    string `json:"status"`
+	}{st.RequestID, v1})
+}
+
+// lookup finds the request a status call names; nil when it answered.
+func (s *Server) lookup(w http.ResponseWriter, r *http.Request) *request {
 	c := callOf(r)
 	if r.Method != http.MethodGet {
 		s.handleUnknown(w, r)
-		return
+		return nil
 	}
 	if !s.authorize(w, r) {
-		return
+		return nil
 	}
 	account, id := r.PathValue("account"), r.PathValue("requestId")
 	c.Account, c.RequestID = account, id
@@ -261,9 +300,9 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 	if rq == nil || rq.account != account {
 		s.businessError(w, c, http.StatusBadRequest, serviceDevice, "REQUEST_FAILED.RequestId.NotFound",
 			"No request "+strconv.Quote(id)+" for account "+strconv.Quote(account)+".")
-		return
+		return nil
 	}
-	writeJSON(w, http.StatusOK, rq.status())
+	return rq
 }
 
 func (rq *request) status() thingspace.RequestStatus {

@@ -3,6 +3,7 @@ package simulator
 import (
 	"context"
 	"crypto/rand"
+	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -14,6 +15,7 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -189,9 +191,12 @@ func (s *Server) Listeners(account string) []thingspace.CallbackRegistration {
 
 const (
 	statusPathPrefix = "/api/m2m/v2/accounts/"
-	serviceDevice    = "DeviceService"
-	serviceSession   = "UnifiedWebService"
-	serviceCallback  = "CallbackService"
+	// statusV1PathPrefix is the request status path Verizon's SDK calls
+	// (AccountRequestsController); it answers {requestId, status} only.
+	statusV1PathPrefix = "/api/m2m/v1/accounts/"
+	serviceDevice      = "DeviceService"
+	serviceSession     = "UnifiedWebService"
+	serviceCallback    = "CallbackService"
 )
 
 func (s *Server) routes() {
@@ -203,6 +208,7 @@ func (s *Server) routes() {
 	m.HandleFunc(thingspace.CallbacksPath+"{account}/name/{service}", s.record(s.handleCallbackDelete, true))
 	m.HandleFunc(thingspace.ActionPathPrefix+"{action}", s.record(s.handleAction, true))
 	m.HandleFunc(statusPathPrefix+"{account}/requests/{requestId}/status", s.record(s.handleStatus, true))
+	m.HandleFunc(statusV1PathPrefix+"{account}/requests/{requestId}/status", s.record(s.handleStatusV1, true))
 	s.adminRoutes(m)
 	m.HandleFunc("/", s.record(s.handleUnknown, false))
 	s.mux = m
@@ -309,10 +315,23 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
+// businessError answers {"errorCode","errorMessage"}. The code is
+// service.errCode, except on the Global eSIM endpoints, whose pages and
+// Verizon's SDK (GIORestErrorResponse) give the HTTP status as three digits
+// ("400"): there only msg says what is wrong. A session refused on them
+// keeps its dotted code: it comes from the session layer in front of every
+// endpoint.
 func (s *Server) businessError(w http.ResponseWriter, c *Call, code int, service, errCode, msg string) {
 	c.ErrorCode = service + "." + errCode
+	if service == serviceDevice && globalActions[c.Action] {
+		c.ErrorCode = strconv.Itoa(code)
+	}
 	writeJSON(w, code, map[string]string{"errorCode": c.ErrorCode, "errorMessage": msg})
 }
+
+// globalActions are the actions served by Global eSIM endpoints
+// (deactivate, profile_suspend), which write errorCode as the HTTP status.
+var globalActions = map[string]bool{thingspace.ActionDeactivate: true, thingspace.ActionSuspend: true}
 
 func (s *Server) gatewayFault(w http.ResponseWriter, c *Call, code int, fault, msg, desc string) {
 	c.ErrorCode = fault
@@ -352,16 +371,8 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 		s.oauthError(w, c, http.StatusBadRequest, "invalid_request", "the body must be a form")
 		return
 	}
-	id, secret, ok := r.BasicAuth()
-	if ok {
-		// RFC 6749 2.3.1: form-encoded before Basic encoding.
-		if u, err := url.QueryUnescape(id); err == nil {
-			id = u
-		}
-		if u, err := url.QueryUnescape(secret); err == nil {
-			secret = u
-		}
-	} else {
+	id, secret, basic := r.BasicAuth()
+	if !basic {
 		id, secret = r.PostForm.Get("client_id"), r.PostForm.Get("client_secret")
 	}
 	if id == "" {
@@ -369,7 +380,7 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 		s.oauthError(w, c, http.StatusUnauthorized, "invalid_client", "client authentication is required")
 		return
 	}
-	if id != s.cfg.ClientID || secret != s.cfg.ClientSecret {
+	if !matches(id, s.cfg.ClientID, basic) || !matches(secret, s.cfg.ClientSecret, basic) {
 		s.count.tokenFailures.Add(1)
 		s.oauthError(w, c, http.StatusUnauthorized, "invalid_client", "client authentication failed")
 		return
@@ -401,6 +412,21 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 		"expires_in":   int64(math.Ceil(left.Seconds())),
 		"scope":        "discovery:read serviceprofile:read serviceprofile:write serviceregistry:read serviceregistry:write",
 	})
+}
+
+// matches compares a client credential with the configured one. In Basic
+// credentials RFC 6749 2.3.1 form-encodes each part first (golang.org/x/oauth2
+// does), while Verizon's SDKs send them raw: either reading is accepted, so a
+// secret with "+" or "%" works both ways.
+func matches(got, want string, basic bool) bool {
+	if subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1 {
+		return true
+	}
+	if !basic {
+		return false
+	}
+	u, err := url.QueryUnescape(got)
+	return err == nil && subtle.ConstantTimeCompare([]byte(u), []byte(want)) == 1
 }
 
 func newSecret() string {
@@ -558,11 +584,14 @@ func (s *Server) handleLogout(w http.ResponseWriter, r *http.Request) {
 	if !s.authorize(w, r) {
 		return
 	}
+	sess := r.Header.Get(thingspace.HeaderSession)
 	s.amu.Lock()
-	delete(s.sessions, r.Header.Get(thingspace.HeaderSession))
+	delete(s.sessions, sess)
 	s.amu.Unlock()
 	s.count.logouts.Add(1)
-	writeJSON(w, http.StatusOK, map[string]string{"sessionToken": ""})
+	// The SDK's LogOutRequest: "The session token is returned to confirm
+	// that it was invalidated."
+	writeJSON(w, http.StatusOK, map[string]string{"sessionToken": sess})
 }
 
 // ---- callback registration ----
@@ -587,11 +616,13 @@ func (s *Server) handleCallbacks(w http.ResponseWriter, r *http.Request) {
 	}
 	if r.Method == http.MethodGet {
 		s.cbmu.RLock()
-		out := make([]thingspace.CallbackService, 0, len(s.listeners[account]))
+		out := make([]listedCallback, 0, len(s.listeners[account]))
 		for _, reg := range s.listeners[account] {
-			out = append(out, thingspace.CallbackService{AccountName: account, Name: reg.Name, URL: reg.URL})
+			out = append(out, listedCallback{AccountName: account, ServiceName: reg.Name, Name: reg.Name, URL: reg.URL,
+				Username: reg.Username, Password: reg.Password})
 		}
 		s.cbmu.RUnlock()
+		slices.SortFunc(out, func(a, b listedCallback) int { return strings.Compare(a.ServiceName, b.ServiceName) })
 		writeJSON(w, http.StatusOK, out)
 		return
 	}
@@ -620,6 +651,22 @@ func (s *Server) handleCallbacks(w http.ResponseWriter, r *http.Request) {
 	s.cbmu.Unlock()
 	s.log.Info().Str("account_name", account).Str("service", reg.Name).Str("url", reg.URL).Msg("callback listener registered")
 	writeJSON(w, http.StatusOK, thingspace.CallbackAck{AccountName: account, ServiceName: reg.Name})
+}
+
+// listedCallback is one listener in GET /callbacks/{account}, as Verizon's
+// SDK reads it (ConnectivityManagementCallback: accountName, serviceName,
+// url, and the username and password given at registration, "or an empty
+// string if no password was defined"), plus "name", the older reading of
+// serviceName. ThingSpace sends the same credentials in every callback body,
+// so listing them gives away nothing the listener does not get; they are
+// never logged.
+type listedCallback struct {
+	AccountName string `json:"accountName"`
+	ServiceName string `json:"serviceName"`
+	Name        string `json:"name"`
+	URL         string `json:"url"`
+	Username    string `json:"username"`
+	Password    string `json:"password"`
 }
 
 func (s *Server) handleCallbackDelete(w http.ResponseWriter, r *http.Request) {

@@ -102,15 +102,15 @@ func TestSimulator_rejects_what_ThingSpace_rejects(t *testing.T) {
 		{"enable_without_eid", enable, `{"accountName":"` + account + `","smsrOid":"1.2","devices":[{"deviceIds":[{"kind":"iccid","id":"` + iccid + `"}]}]}`,
 			nil, 400, "DeviceService.INPUT_INVALID.Device.Identifier.Invalid", "business", "EID is required"},
 		{"deactivate_without_iccid", thingspace.ActionPathPrefix + "deactivate", `{"accountName":"` + account + `","devices":[{"deviceIds":[{"kind":"eid","id":"` + eid + `"}]}]}`,
-			nil, 400, "DeviceService.INPUT_INVALID.Device.Identifier.Invalid", "business", "ICCID is required"},
+			nil, 400, "400", "business", "ICCID is required"},
 		{"suspend_without_iccid", thingspace.ActionPathPrefix + "profile_suspend", `{"accountName":"` + account + `","devices":[{"deviceIds":[{"kind":"eid","id":"` + eid + `"}]}]}`,
-			nil, 400, "DeviceService.INPUT_INVALID.Device.Identifier.Invalid", "business", "ICCID is required"},
+			nil, 400, "400", "business", "ICCID is required"},
 		{"unknown_kind", enable, `{"accountName":"` + account + `","smsrOid":"1.2","devices":[{"deviceIds":[{"kind":"imsi","id":"1"}]}]}`,
 			nil, 400, "DeviceService.INPUT_INVALID.Device.Kind.Invalid", "business", "imsi"},
 		{"malformed_identifier", enable, `{"accountName":"` + account + `","smsrOid":"1.2","devices":[{"deviceIds":[{"kind":"eid","id":"32-digit EID"},{"kind":"iccid","id":"` + iccid + `"}]}]}`,
 			nil, 400, "DeviceService.INPUT_INVALID.Device.Identifier.Invalid", "business", "32-digit EID"},
 		{"bad_reason_code", thingspace.ActionPathPrefix + "deactivate", `{"accountName":"` + account + `","reasonCode":"FFF","devices":[{"deviceIds":[{"kind":"eid","id":"` + eid + `"},{"kind":"iccid","id":"` + iccid + `"}]}]}`,
-			nil, 400, "DeviceService.INPUT_INVALID.ReasonCode.Invalid", "business", "reasonCode"},
+			nil, 400, "400", "business", "reasonCode"},
 		{"unknown_action", thingspace.ActionPathPrefix + "activate", enableBody(), nil, 400, "900906", "fault", ""},
 		{"unknown_path", "/api/m2m/v1/nothing/here", enableBody(), nil, 400, "900906", "fault", ""},
 		{"wrong_method", "/api/m2m/v1/session/login", "", nil, 400, "900906", "fault", ""},
@@ -563,8 +563,15 @@ func TestRegistration_validates_and_lists(t *testing.T) {
 	require.Equal(t, http.StatusOK, a.status)
 	assert.Equal(t, map[string]any{"accountName": account, "serviceName": "DeviceProfileService"}, a.body)
 	list := e.call(t, http.MethodGet, path, "", nil)
-	assert.JSONEq(t, `[{"accountName":"`+account+`","name":"DeviceProfileService","url":"http://x:9001/cb"}]`, list.raw,
-		"the list leaves the credentials out")
+	assert.JSONEq(t, `[{"accountName":"`+account+`","serviceName":"DeviceProfileService","name":"DeviceProfileService",`+
+		`"url":"http://x:9001/cb","username":"u","password":"p"}]`, list.raw,
+		"what the SDK's ConnectivityManagementCallback reads (serviceName, the credentials given), and name as before")
+	require.Equal(t, http.StatusOK, e.call(t, http.MethodPost, path, `{"name":"OtherService","url":"http://x:9001/other"}`, nil).status)
+	list = e.call(t, http.MethodGet, path, "", nil)
+	assert.JSONEq(t, `[{"accountName":"`+account+`","serviceName":"DeviceProfileService","name":"DeviceProfileService",`+
+		`"url":"http://x:9001/cb","username":"u","password":"p"},`+
+		`{"accountName":"`+account+`","serviceName":"OtherService","name":"OtherService","url":"http://x:9001/other","username":"","password":""}]`,
+		list.raw, "empty strings where no credentials were registered, as the SDK model says")
 	assert.Equal(t, http.StatusBadRequest, e.call(t, http.MethodGet, thingspace.CallbacksPath+"abc", "", nil).status)
 }
 

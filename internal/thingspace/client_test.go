@@ -408,7 +408,8 @@ func TestClient_callback_listeners_register_list_and_remove(t *testing.T) {
 	require.NoError(t, e.client.RegisterCallback(ctx, account, reg))
 	list, err := e.client.ListCallbacks(ctx, account)
 	require.NoError(t, err)
-	assert.Equal(t, []thingspace.CallbackService{{AccountName: account, Name: reg.Name, URL: reg.URL}}, list)
+	assert.Equal(t, []thingspace.CallbackService{{AccountName: account, Name: reg.Name, URL: reg.URL, Username: "u"}}, list,
+		"the name read from serviceName, the password the answer carries dropped")
 	assert.Equal(t, []thingspace.CallbackRegistration{reg}, e.sim.Listeners(account), "credentials kept for delivery")
 
 	require.NoError(t, e.client.RemoveCallback(ctx, account, reg.Name))

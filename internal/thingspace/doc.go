@@ -5,7 +5,11 @@
 // session, re-authenticating once on expiry with a single login in flight),
 // and one typed [APIError] for ThingSpace's three error body shapes with
 // sentinels and the helpers [Retryable], [RetryAfter], [IsAuth] and
-// [IsPermanent].
+// [IsPermanent]. Business errors come with dotted codes
+// (DeviceService.INPUT_INVALID.Device.Identifier.Invalid) or, on the Global
+// eSIM endpoints, with the HTTP status as the code ("400"); [RefusalScope]
+// and [IsDeviceRefusal] tell a device's refusal from the account's or the
+// whole request's in both forms.
 //
 // The client retries nothing but the token cases: rate limiting, backoff and
 // retries of 429, 5xx and timeouts belong to the caller, which decides with

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -20,7 +21,10 @@ type Shape string
 
 // The error body shapes.
 const (
-	// ShapeBusiness is {"errorCode":"<Service>.<CLASS>.<Detail>","errorMessage":…}.
+	// ShapeBusiness is {"errorCode":"<Service>.<CLASS>.<Detail>","errorMessage":…},
+	// or on the Global eSIM endpoints (deactivate, profile_suspend)
+	// {"errorCode":"400","errorMessage":…}: the HTTP status as three digits
+	// (GIORestErrorResponse), so the message is all that says what is wrong.
 	ShapeBusiness Shape = "business"
 	// ShapeGateway is {"fault":{"code","message","description"}}.
 	ShapeGateway Shape = "gateway"
@@ -112,6 +116,31 @@ func (e *APIError) Error() string {
 	return b.String()
 }
 
+// Numeric reports a Global eSIM style code: three digits, the HTTP status
+// ("400"), instead of a dotted <Service>.<CLASS>.<Detail> one.
+func (e *APIError) Numeric() bool { return numericCode(e.Code) }
+
+func numericCode(code string) bool {
+	code = strings.TrimSpace(code)
+	if len(code) != 3 {
+		return false
+	}
+	for _, r := range code {
+		if r < '0' || r > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// sessionWord and sessionEnded match what a numerically coded answer would
+// say of an expired or unknown session ("Session token is expired or
+// invalid", "Invalid session token").
+var (
+	sessionWord  = regexp.MustCompile(`(?i)\bsession`)
+	sessionEnded = regexp.MustCompile(`(?i)\b(expir\w*|invalid|unknown|not valid)\b`)
+)
+
 // ShortCode is Code without its service prefix:
 // "DeviceService.REQUEST_FAILED.SessionToken.Expired" gives
 // "REQUEST_FAILED.SessionToken.Expired". Codes without a known class are
@@ -138,6 +167,9 @@ func (e *APIError) Is(target error) bool {
 	switch target {
 	case ErrSessionExpired:
 		sc := e.ShortCode()
+		if e.Shape == ShapeBusiness && e.Numeric() && e.HTTPStatus != http.StatusTooManyRequests && e.HTTPStatus < 500 {
+			return sessionWord.MatchString(e.Message) && sessionEnded.MatchString(e.Message)
+		}
 		return sc == CodeSessionExpired || (e.Shape == ShapeBusiness && strings.HasSuffix(sc, "SessionToken.Expired"))
 	case ErrTokenInvalid:
 		return e.Shape == ShapeGateway && (e.Code == FaultInvalidCredentials || e.Code == FaultTokenInactive)
@@ -319,4 +351,108 @@ func IsPermanent(err error) bool {
 	}
 	return ae.HTTPStatus >= 400 && ae.HTTPStatus < 500 && ae.HTTPStatus != http.StatusTooManyRequests &&
 		ae.HTTPStatus != http.StatusRequestTimeout
+}
+
+// Scope says what a refusal ([IsPermanent]) is about, which tells a caller
+// of a bulk call what to do with the devices it named.
+type Scope int
+
+// The scopes of a refusal.
+const (
+	// ScopeNone: not a refusal (success, retryable, authentication).
+	ScopeNone Scope = iota
+	// ScopeDevice: a device of the request is refused (an identifier, a
+	// kind, a device ThingSpace does not know). The others may pass alone:
+	// send the request again without the devices the message names, or
+	// split it to find them.
+	ScopeDevice
+	// ScopeAccount: the account is refused (invalid, unknown). Every device
+	// of the request would be: splitting it only multiplies the refusals.
+	ScopeAccount
+	// ScopeRequest: the request as a whole (a field other than the devices,
+	// the body, the content type, too many devices): the same for any part
+	// of it.
+	ScopeRequest
+	// ScopeUnknown: the answer says nothing that tells (no code, no message
+	// beyond the HTTP status text). A device may be the cause.
+	ScopeUnknown
+)
+
+var scopeNames = [...]string{"none", "device", "account", "request", "unknown"}
+
+// String is the scope's lower-case name.
+func (s Scope) String() string {
+	if s < 0 || int(s) >= len(scopeNames) {
+		return "Scope(" + strconv.Itoa(int(s)) + ")"
+	}
+	return scopeNames[s]
+}
+
+// What a refusal's errorMessage names, for codes that do not say (numeric
+// codes, none): its size, a device, the account.
+var (
+	sizeWords    = regexp.MustCompile(`(?i)\b(at most|too many|maximum|max|exceed(s|ed)?|limit)\b`)
+	deviceWords  = regexp.MustCompile(`(?i)\b(devices?|device ?ids?|identifiers?|eids?|iccids?|imeis?|mdns?|msisdns?|euicc)\b`)
+	accountWords = regexp.MustCompile(`(?i)\b(account ?names?|accounts?)\b`)
+)
+
+// RefusalScope says what ThingSpace refused, for an error that
+// [IsPermanent]; [ScopeNone] for any other. A dotted business code says it
+// by its parts ("Account" before "Device": INPUT_INVALID.Device.Account.Invalid
+// is the account's); a numeric code ("400", the Global eSIM endpoints) or
+// none leaves it to errorMessage: a message that names a size limit is the
+// request's, one that names a device or an identifier kind the device's
+// (even "… is invalid for this account"), one that names only the account
+// the account's, any other the request's; no message at all is
+// [ScopeUnknown]. Gateway and OAuth refusals are the request's.
+func RefusalScope(err error) Scope {
+	var ae *APIError
+	if !IsPermanent(err) || !errors.As(err, &ae) {
+		return ScopeNone
+	}
+	switch ae.Shape {
+	case ShapeGateway, ShapeOAuth:
+		return ScopeRequest
+	}
+	if code := ae.ShortCode(); code != "" && !ae.Numeric() {
+		return codeScope(code)
+	}
+	msg := strings.TrimSpace(ae.Message)
+	switch {
+	case msg == "" || strings.EqualFold(msg, http.StatusText(ae.HTTPStatus)):
+		return ScopeUnknown
+	case sizeWords.MatchString(msg):
+		return ScopeRequest
+	case deviceWords.MatchString(msg):
+		return ScopeDevice
+	case accountWords.MatchString(msg):
+		return ScopeAccount
+	}
+	return ScopeRequest
+}
+
+// codeScope reads a dotted code's parts.
+func codeScope(code string) Scope {
+	parts := strings.Split(code, ".")
+	for _, p := range parts {
+		if strings.HasPrefix(strings.ToLower(p), "account") {
+			return ScopeAccount
+		}
+	}
+	for _, p := range parts {
+		p = strings.ToLower(p)
+		if strings.HasPrefix(p, "device") || p == "identifier" || p == "kind" {
+			return ScopeDevice
+		}
+	}
+	return ScopeRequest
+}
+
+// IsDeviceRefusal reports a refusal that a device of the request may have
+// caused ([ScopeDevice] or [ScopeUnknown]): worth sending the other devices
+// again without it. An account's or the whole request's refusal is not,
+// however its code is written.
+func IsDeviceRefusal(err error) bool {
+	s := RefusalScope(err)
+	return s == ScopeDevice || s == ScopeUnknown
 }

@@ -257,11 +257,35 @@ type CallbackRegistration struct {
 // String leaves the credentials out.
 func (r CallbackRegistration) String() string { return r.Name + " " + r.URL }
 
-// CallbackService is one listener as ListCallbacks reports it.
+// CallbackService is one listener as ListCallbacks reports it. Verizon's
+// SDK (ConnectivityManagementCallback) reads the name as "serviceName";
+// older answers call it "name": decoding takes either. The registered
+// username comes back too; the password, which the answer also carries,
+// is dropped on decoding, so that no listing can leak it.
 type CallbackService struct {
 	AccountName string `json:"accountName"`
-	Name        string `json:"name"`
+	Name        string `json:"serviceName"`
 	URL         string `json:"url"`
+	Username    string `json:"username,omitempty"`
+}
+
+// UnmarshalJSON accepts "serviceName" or "name".
+func (c *CallbackService) UnmarshalJSON(b []byte) error {
+	var raw struct {
+		AccountName string `json:"accountName"`
+		ServiceName string `json:"serviceName"`
+		Name        string `json:"name"`
+		URL         string `json:"url"`
+		Username    string `json:"username"`
+	}
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return err
+	}
+	*c = CallbackService{AccountName: raw.AccountName, Name: raw.ServiceName, URL: raw.URL, Username: raw.Username}
+	if c.Name == "" {
+		c.Name = raw.Name
+	}
+	return nil
 }
 
 // CallbackAck answers registering or removing a listener.
