@@ -2,6 +2,7 @@ package batch
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/esim-pipeline/thingspace-esim/internal/device"
@@ -24,29 +25,20 @@ type Item struct {
 	Ref any
 }
 
-// Batch is the devices of one ThingSpace call.
+// Batch is the devices of one ThingSpace call, in arrival order.
 type Batch struct {
 	Key    Key
 	Opened time.Time
-	// Items in arrival order; the same device may appear more than once
-	// (asked for by several commands), it is sent once.
-	Items []Item
-	devs  map[string]int // device key -> index in Devices
-	// Devices are the distinct devices to send, in arrival order.
-	Devices []device.Set
-	sealed  bool
+	Items  []Item
 }
 
-// Full reports whether the batch reached its size limit.
-func (b *Batch) Full(max int) bool { return len(b.Devices) >= max }
-
-func (b *Batch) add(it Item) {
-	k := it.Device.Key()
-	if _, ok := b.devs[k]; !ok {
-		b.devs[k] = len(b.Devices)
-		b.Devices = append(b.Devices, it.Device)
+// Devices are the batch's devices, in its order.
+func (b *Batch) Devices() []device.Set {
+	out := make([]device.Set, len(b.Items))
+	for i, it := range b.Items {
+		out[i] = it.Device
 	}
-	b.Items = append(b.Items, it)
+	return out
 }
 
 // Config sets a batcher's limits.
@@ -82,8 +74,7 @@ type Batcher struct {
 	cfg    Config
 	open   map[Key]*Batch
 	order  []*Batch // open batches, oldest first
-	sealed []*Batch // sealed batches, in sealing order
-	where  map[string]*Batch
+	sealed []*Batch // full batches, in sealing order
 	items  int
 }
 
@@ -95,7 +86,7 @@ func New(cfg Config) (*Batcher, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Batcher{cfg: cfg, open: map[Key]*Batch{}, where: map[string]*Batch{}}, nil
+	return &Batcher{cfg: cfg, open: map[Key]*Batch{}}, nil
 }
 
 // Max is the size limit for action.
@@ -106,49 +97,35 @@ func (b *Batcher) Max(action string) int {
 	return b.cfg.Default
 }
 
-// Add puts it into the open batch of k.
+// Add puts it into the open batch of k; a batch that is full is sealed.
+// The caller adds a device at most once at a time.
 func (b *Batcher) Add(k Key, it Item) {
-	dk := it.Device.Key()
-	if prev := b.where[dk]; prev != nil && !prev.sealed && prev.Key != k {
-		// The device waits in another batch: that one must leave first.
-		b.seal(prev)
-	}
 	g := b.open[k]
 	if g == nil {
-		g = &Batch{Key: k, Opened: b.cfg.Now(), devs: map[string]int{}}
+		g = &Batch{Key: k, Opened: b.cfg.Now()}
 		b.open[k] = g
 		b.order = append(b.order, g)
 	}
-	g.add(it)
-	b.where[dk] = g
+	g.Items = append(g.Items, it)
 	b.items++
-	if g.Full(b.Max(k.Action)) {
-		b.seal(g)
+	if len(g.Items) >= b.Max(k.Action) {
+		b.closeOpen(g)
+		b.sealed = append(b.sealed, g)
 	}
 }
 
-func (b *Batcher) seal(g *Batch) {
-	if g.sealed {
-		return
-	}
-	g.sealed = true
+func (b *Batcher) closeOpen(g *Batch) {
 	delete(b.open, g.Key)
-	for i, o := range b.order {
-		if o == g {
-			b.order = append(b.order[:i], b.order[i+1:]...)
-			break
-		}
+	if i := slices.Index(b.order, g); i >= 0 {
+		b.order = slices.Delete(b.order, i, i+1)
 	}
-	b.sealed = append(b.sealed, g)
 }
 
-// Ready reports whether a batch may leave now: a sealed one, or an open one
+// Ready reports whether a batch may leave now: a full one, or an open one
 // that has waited MaxWait.
 func (b *Batcher) Ready() bool {
-	if len(b.sealed) > 0 {
-		return true
-	}
-	return len(b.order) > 0 && !b.cfg.Now().Before(b.order[0].Opened.Add(b.cfg.MaxWait))
+	_, ok := b.Peek()
+	return ok
 }
 
 // NextDue is when the oldest open batch becomes due; zero when there is none.
@@ -162,128 +139,41 @@ func (b *Batcher) NextDue() time.Time {
 	return b.order[0].Opened.Add(b.cfg.MaxWait)
 }
 
-// Take removes and returns the next batch to send: the oldest sealed one,
-// else the oldest open one if it is due (force takes it even before).
-func (b *Batcher) Take(force bool) *Batch {
-	var g *Batch
-	switch {
-	case len(b.sealed) > 0:
-		g = b.sealed[0]
-		b.sealed = b.sealed[1:]
-	case len(b.order) > 0 && (force || b.Ready()):
-		g = b.order[0]
-		b.seal(g)
-		b.sealed = b.sealed[:len(b.sealed)-1]
-	default:
-		return nil
-	}
-	for _, d := range g.Devices {
-		if b.where[d.Key()] == g {
-			delete(b.where, d.Key())
-		}
-	}
-	b.items -= len(g.Items)
-	return g
-}
-
-// Peek returns the key of the batch Take would return, and false when
-// there is none ready.
+// Peek returns the key of the batch that should leave next: the oldest
+// full one, else the oldest open one once it is due; false when none is.
 func (b *Batcher) Peek() (Key, bool) {
 	switch {
 	case len(b.sealed) > 0:
 		return b.sealed[0].Key, true
-	case len(b.order) > 0 && b.Ready():
+	case len(b.order) > 0 && !b.cfg.Now().Before(b.order[0].Opened.Add(b.cfg.MaxWait)):
 		return b.order[0].Key, true
 	}
 	return Key{}, false
 }
 
-// Drain removes and returns every batch, sealed first.
-func (b *Batcher) Drain() []*Batch {
-	var out []*Batch
-	for g := b.Take(true); g != nil; g = b.Take(true) {
-		out = append(out, g)
+// Take removes and returns the oldest batch of key k, full ones first;
+// nil when k has none. Peek says which key is due; what was added under it
+// since goes along.
+func (b *Batcher) Take(k Key) *Batch {
+	var g *Batch
+	if i := slices.IndexFunc(b.sealed, func(g *Batch) bool { return g.Key == k }); i >= 0 {
+		g = b.sealed[i]
+		b.sealed = slices.Delete(b.sealed, i, i+1)
+	} else if g = b.open[k]; g != nil {
+		b.closeOpen(g)
+	} else {
+		return nil
 	}
+	b.items -= len(g.Items)
+	return g
+}
+
+// Drain removes and returns every batch, full ones first.
+func (b *Batcher) Drain() []*Batch {
+	out := append(b.sealed, b.order...)
+	b.sealed, b.order, b.open, b.items = nil, nil, map[Key]*Batch{}, 0
 	return out
 }
 
 // Items counts the items waiting.
 func (b *Batcher) Items() int { return b.items }
-
-// Remove takes the items drop picks out of b (a batch already taken), with
-// the devices no remaining item asks for, and returns them in their order.
-func (b *Batch) Remove(drop func(Item) bool) []Item {
-	var out []Item
-	kept := b.Items[:0]
-	for _, it := range b.Items {
-		if drop(it) {
-			out = append(out, it)
-		} else {
-			kept = append(kept, it)
-		}
-	}
-	if len(out) == 0 {
-		return nil
-	}
-	clear(b.Items[len(kept):])
-	b.Items = kept
-	asked := make(map[string]bool, len(kept))
-	for _, it := range kept {
-		asked[it.Device.Key()] = true
-	}
-	devs := b.Devices[:0]
-	b.devs = make(map[string]int, len(asked))
-	for _, d := range b.Devices {
-		if k := d.Key(); asked[k] {
-			b.devs[k] = len(devs)
-			devs = append(devs, d)
-		}
-	}
-	clear(b.Devices[len(devs):])
-	b.Devices = devs
-	return out
-}
-
-// Keyed is an item with the key of the batch it waited in.
-type Keyed struct {
-	Key  Key
-	Item Item
-}
-
-// Remove takes the items drop picks out of every batch waiting, sealed
-// ones first, each batch's in its order, and drops the batches it leaves
-// empty.
-func (b *Batcher) Remove(drop func(Item) bool) []Keyed {
-	var out []Keyed
-	emptied := func(g *Batch) bool {
-		its := g.Remove(drop)
-		for _, it := range its {
-			out = append(out, Keyed{Key: g.Key, Item: it})
-			k := it.Device.Key()
-			if _, still := g.devs[k]; !still && b.where[k] == g {
-				delete(b.where, k)
-			}
-		}
-		b.items -= len(its)
-		return len(g.Items) == 0
-	}
-	sealed := b.sealed[:0]
-	for _, g := range b.sealed {
-		if !emptied(g) {
-			sealed = append(sealed, g)
-		}
-	}
-	clear(b.sealed[len(sealed):])
-	b.sealed = sealed
-	order := b.order[:0]
-	for _, g := range b.order {
-		if emptied(g) {
-			delete(b.open, g.Key)
-		} else {
-			order = append(order, g)
-		}
-	}
-	clear(b.order[len(order):])
-	b.order = order
-	return out
-}

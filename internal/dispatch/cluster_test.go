@@ -126,6 +126,22 @@ func TestAFleetOnAClusterBehavesAsOne(t *testing.T) {
 		// The call in flight at the stop may be made again (its outcome
 		// not stored yet): a step repeated at once, never one out of order.
 		got := slices.Compact(slices.Clone(seen[iccid(d)]))
+		if !slices.Equal(steps, got) {
+			for _, c := range sim.Calls() {
+				for _, ids := range c.Devices {
+					for _, id := range ids {
+						if id.ID == iccid(d) {
+							t.Logf("call %s %s %d %s", c.At.Format("15:04:05.000"), c.Action, c.Status, c.RequestID)
+						}
+					}
+				}
+			}
+			for _, ev := range e.snapshot() {
+				if ev.Device.ICCID == iccid(d) {
+					t.Logf("event %s %s %s %s", ev.OccurredAt.Format("15:04:05.000"), ev.Status, ev.CommandID, ev.RequestID)
+				}
+			}
+		}
 		require.Equal(t, steps, got, "device %d keeps its order (calls %v)", d, seen[iccid(d)])
 		if len(seen[iccid(d)]) > len(got) {
 			twice++

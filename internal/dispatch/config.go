@@ -55,27 +55,42 @@ type Config struct {
 	// final callback (default 30m).
 	CallbackDeadline time.Duration
 
-	// Consumer tuning.
-	// MaxAckPending bounds the commands held un-acked (default 3 full batches).
-	MaxAckPending int
+	// What one dispatcher holds (taken in, not acknowledged): at most
+	// MaxHeldCommands commands and MaxHeldDevices devices (defaults: three
+	// full batches of each); a single command larger than that is taken
+	// alone.
+	MaxHeldCommands int
+	MaxHeldDevices  int
 	// AckWait is the consumer's ack wait; held commands are kept alive with
 	// InProgress (default 30s).
 	AckWait time.Duration
 	// PinnedTTL is how long the active dispatcher may be silent before a
-	// standby takes over (default AckWait + 10s, so that the commands the
-	// silent one held are redelivered, in order, before newer ones).
+	// standby takes over (default 5s); it pulls at least every second.
 	PinnedTTL time.Duration
-	// MaxDeliver bounds deliveries of one command; the last one that still
-	// cannot be submitted ends as `failed` events and a dead letter (default 10).
+	// MaxDeliver bounds deliveries of one command: a later delivery ends
+	// its devices failed and dead-letters it (default 10). The consumer
+	// itself redelivers without limit, so a command handed back is never
+	// dropped by the server.
 	MaxDeliver int
-	// MaxAttempts bounds the tries of one call before its commands are
-	// handed back with a delay (default 6).
-	MaxAttempts int
+	// MaxAttempts bounds the tries of one ThingSpace call, made in place
+	// while its commands stay held, before its devices end failed (default
+	// 30); RetryMaxWait is the longest wait between two tries, a 5xx's
+	// Retry-After included (default 30s).
+	MaxAttempts  int
+	RetryMaxWait time.Duration
+	// ShutdownGrace bounds a stop: the call in flight and the storing of
+	// outcomes get this long, then what is not acknowledged is handed back
+	// (default 20s).
+	ShutdownGrace time.Duration
 	// Checksums also checks Luhn and MOD 97-10 digits (default false).
 	Checksums bool
 
 	perAction map[string]*int // per-action batch sizes read by Declare
 }
+
+// pull is the longest one pull for commands waits: the active dispatcher
+// asks the server at least this often, which keeps its pin.
+const pull = time.Second
 
 // Rate scopes.
 const (
@@ -114,11 +129,14 @@ func (c *Config) Declare(s *config.Set) {
 	s.String(&c.CallbackUsername, "callback-username", "CALLBACK_USERNAME", "", "user name registered with the callback URL")
 	s.Secret(&c.CallbackPassword, "callback-password", "CALLBACK_PASSWORD", "password registered with the callback URL")
 	s.Duration(&c.CallbackDeadline, "callback-deadline", "CALLBACK_DEADLINE", 30*time.Minute, "how long an accepted device may wait for its final callback")
-	s.Int(&c.MaxAckPending, "max-ack-pending", "MAX_ACK_PENDING", 0, "commands held un-acked at once (0 = 3 full batches)")
+	s.Int(&c.MaxHeldCommands, "max-held-commands", "MAX_HELD_COMMANDS", 0, "commands one dispatcher holds un-acked at once (0 = 3 full batches)")
+	s.Int(&c.MaxHeldDevices, "max-held-devices", "MAX_HELD_DEVICES", 0, "devices of the commands one dispatcher holds at once (0 = 3 full batches)")
 	s.Duration(&c.AckWait, "ack-wait", "ACK_WAIT", 30*time.Second, "consumer ack wait; held commands are kept alive")
-	s.Duration(&c.PinnedTTL, "pinned-ttl", "PINNED_TTL", 0, "how long the active dispatcher may be silent before a standby takes over (0 = ACK_WAIT + 10s)")
-	s.Int(&c.MaxDeliver, "max-deliver", "MAX_DELIVER", 10, "deliveries of one command before it fails to the dead letters")
-	s.Int(&c.MaxAttempts, "max-attempts", "MAX_ATTEMPTS", 6, "tries of one ThingSpace call before its commands are handed back")
+	s.Duration(&c.PinnedTTL, "pinned-ttl", "PINNED_TTL", 5*time.Second, "how long the active dispatcher may be silent before a standby takes over")
+	s.Int(&c.MaxDeliver, "max-deliver", "MAX_DELIVER", 10, "deliveries of one command; a later one ends its devices failed, dead-lettered")
+	s.Int(&c.MaxAttempts, "max-attempts", "MAX_ATTEMPTS", 30, "tries of one ThingSpace call, its commands held meanwhile, before its devices end failed")
+	s.Duration(&c.RetryMaxWait, "retry-max-wait", "RETRY_MAX_WAIT", 30*time.Second, "longest wait between two tries of a call (caps a 5xx's Retry-After)")
+	s.Duration(&c.ShutdownGrace, "shutdown-grace", "SHUTDOWN_GRACE", 20*time.Second, "how long a stop waits for the call in flight and the storing of outcomes")
 	s.Bool(&c.Checksums, "check-digits", "CHECK_DIGITS", false, "also verify Luhn (ICCID, IMEI) and MOD 97-10 (EID) check digits")
 	s.Sensitive("CALLBACK_USERNAME")
 	s.Required("THINGSPACE_CLIENT_ID", "THINGSPACE_CLIENT_SECRET", "THINGSPACE_USERNAME", "THINGSPACE_PASSWORD")
@@ -155,26 +173,33 @@ func (c *Config) setDefaults() {
 	if c.CallbackDeadline <= 0 {
 		c.CallbackDeadline = 30 * time.Minute
 	}
-	if c.MaxAckPending <= 0 {
-		max := c.BatchMaxDevices
-		for _, n := range c.BatchMaxDevicesPerAction {
-			if n > max {
-				max = n
-			}
-		}
-		c.MaxAckPending = 3 * max
+	largest := c.BatchMaxDevices
+	for _, n := range c.BatchMaxDevicesPerAction {
+		largest = max(largest, n)
+	}
+	if c.MaxHeldCommands <= 0 {
+		c.MaxHeldCommands = 3 * largest
+	}
+	if c.MaxHeldDevices <= 0 {
+		c.MaxHeldDevices = 3 * largest
 	}
 	if c.AckWait <= 0 {
 		c.AckWait = 30 * time.Second
 	}
 	if c.PinnedTTL <= 0 {
-		c.PinnedTTL = c.AckWait + 10*time.Second
+		c.PinnedTTL = 5 * time.Second
 	}
 	if c.MaxDeliver <= 0 {
 		c.MaxDeliver = 10
 	}
 	if c.MaxAttempts <= 0 {
-		c.MaxAttempts = 6
+		c.MaxAttempts = 30
+	}
+	if c.RetryMaxWait <= 0 {
+		c.RetryMaxWait = 30 * time.Second
+	}
+	if c.ShutdownGrace <= 0 {
+		c.ShutdownGrace = 20 * time.Second
 	}
 }
 
@@ -214,8 +239,11 @@ func (c *Config) Validate() error {
 	if err := c.batchConfig().Validate(); err != nil {
 		errs = append(errs, err)
 	}
-	if c.AckWait < 2*c.BatchMaxWait {
-		errs = append(errs, fmt.Errorf("ACK_WAIT: %s must be at least twice BATCH_MAX_WAIT (%s)", c.AckWait, c.BatchMaxWait))
+	if c.AckWait < 3*time.Second {
+		errs = append(errs, fmt.Errorf("ACK_WAIT: %s is shorter than 3s", c.AckWait))
+	}
+	if c.PinnedTTL < 2*pull {
+		errs = append(errs, fmt.Errorf("PINNED_TTL: %s is shorter than two pulls (%s)", c.PinnedTTL, 2*pull))
 	}
 	return errors.Join(errs...)
 }

@@ -34,28 +34,28 @@ type deadline struct {
 }
 
 // scheduleDeadline stores the deadline of reqID.
-func (s *Service) scheduleDeadline(ctx context.Context, reqID, action, account string, accepted time.Time) error {
-	body, _ := json.Marshal(deadline{RequestID: reqID, Action: action, Account: account, Due: accepted.Add(s.cfg.CallbackDeadline)})
+func (d *dispatcher) scheduleDeadline(ctx context.Context, reqID, action, account string, accepted time.Time) error {
+	body, _ := json.Marshal(deadline{RequestID: reqID, Action: action, Account: account, Due: accepted.Add(d.cfg.CallbackDeadline)})
 	m := nats.NewMsg(broker.DeadlineSubject)
 	m.Data = body
 	m.Header.Set(nats.MsgIdHdr, "deadline-"+reqID)
-	return s.persist(ctx, "deadline of "+reqID, func(ctx context.Context) error {
-		_, err := s.js.PublishMsg(ctx, m)
+	return d.persist(ctx, "deadline of "+reqID, func(ctx context.Context) error {
+		_, err := d.js.PublishMsg(ctx, m)
 		return err
 	})
 }
 
 // watchDeadlines consumes due deadlines until ctx ends.
-func (s *Service) watchDeadlines(ctx context.Context) (jetstream.ConsumeContext, error) {
+func (d *dispatcher) watchDeadlines(ctx context.Context) (jetstream.ConsumeContext, error) {
 	var cons jetstream.Consumer
 	err := broker.Retry(ctx, func(ctx context.Context) error {
-		c, err := s.js.CreateOrUpdateConsumer(ctx, broker.DeadlineStream, jetstream.ConsumerConfig{
+		c, err := d.js.CreateOrUpdateConsumer(ctx, broker.DeadlineStream, jetstream.ConsumerConfig{
 			Durable:       broker.DeadlineConsumer,
 			Description:   "reconciles accepted devices whose final callback is late",
 			AckPolicy:     jetstream.AckExplicitPolicy,
 			AckWait:       5 * time.Minute,
 			MaxAckPending: 10000,
-			Replicas:      s.cfg.StreamReplicas,
+			Replicas:      d.cfg.StreamReplicas,
 		})
 		cons = c
 		return err
@@ -63,22 +63,22 @@ func (s *Service) watchDeadlines(ctx context.Context) (jetstream.ConsumeContext,
 	if err != nil {
 		return nil, err
 	}
-	return cons.Consume(func(msg jetstream.Msg) { s.reconcile(ctx, msg) }, jetstream.PullMaxMessages(100))
+	return cons.Consume(func(msg jetstream.Msg) { d.reconcile(ctx, msg) }, jetstream.PullMaxMessages(100))
 }
 
-func (s *Service) reconcile(ctx context.Context, msg jetstream.Msg) {
-	var d deadline
-	if err := json.Unmarshal(msg.Data(), &d); err != nil {
-		s.log.Error().Err(err).Msg("undecodable deadline dropped")
+func (d *dispatcher) reconcile(ctx context.Context, msg jetstream.Msg) {
+	var dl deadline
+	if err := json.Unmarshal(msg.Data(), &dl); err != nil {
+		d.log.Error().Err(err).Msg("undecodable deadline dropped")
 		_ = msg.Term()
 		return
 	}
-	if wait := time.Until(d.Due); wait > 0 {
+	if wait := time.Until(dl.Due); wait > 0 {
 		_ = msg.NakWithDelay(wait)
 		return
 	}
-	log := s.log.With().Str(observability.FieldRequestID, d.RequestID).Logger()
-	rec, err := s.store.Get(ctx, d.RequestID)
+	log := d.log.With().Str(observability.FieldRequestID, dl.RequestID).Logger()
+	rec, err := d.store.Get(ctx, dl.RequestID)
 	if errors.Is(err, correlation.ErrNotFound) {
 		log.Warn().Msg("deadline of a request with no record dropped")
 		_ = msg.Ack()
@@ -88,7 +88,7 @@ func (s *Service) reconcile(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.NakWithDelay(5 * time.Second)
 		return
 	}
-	open, err := s.unsettled(ctx, rec)
+	open, err := d.unsettled(ctx, rec)
 	if err != nil {
 		log.Warn().Err(err).Msg("cannot read device states; deadline tried again")
 		_ = msg.NakWithDelay(5 * time.Second)
@@ -100,15 +100,19 @@ func (s *Service) reconcile(ctx context.Context, msg jetstream.Msg) {
 	}
 	_ = msg.InProgress()
 	outcome := map[string]status.Status{}
-	if rs, ok := s.ts.(RequestStatuser); ok {
-		if err := s.limiter.Wait(ctx, s.scope(d.Account)); err != nil {
+	if rs, ok := d.ts.(RequestStatuser); ok {
+		if err := d.limiter.Wait(ctx, d.scope(dl.Account)); err != nil {
 			_ = msg.Nak()
 			return
 		}
-		ans, err := rs.RequestStatus(ctx, d.Account, d.RequestID)
-		s.m.calls.WithLabelValues("request_status", statusCode(err)).Inc()
+		ans, err := rs.RequestStatus(ctx, dl.Account, dl.RequestID)
+		d.m.calls.WithLabelValues("request_status", statusCode(err)).Inc()
 		switch {
-		case err != nil && (thingspace.Retryable(err) || thingspace.IsAuth(err)) && ctx.Err() == nil:
+		case err != nil && ctx.Err() != nil:
+			// Stopping is not ThingSpace's answer: the deadline comes again.
+			_ = msg.Nak()
+			return
+		case err != nil && (thingspace.Retryable(err) || thingspace.IsAuth(err)):
 			log.Warn().Err(err).Msg("request status not read; tried again")
 			_ = msg.NakWithDelay(30 * time.Second)
 			return
@@ -140,9 +144,9 @@ func (s *Service) reconcile(ctx context.Context, msg jetstream.Msg) {
 			st = status.TimedOut
 		}
 		ev := status.Event{
-			EventID:     status.RequestEventID(st, d.RequestID, e.Device),
+			EventID:     status.RequestEventID(st, dl.RequestID, e.Device),
 			CommandID:   e.CommandID,
-			RequestID:   d.RequestID,
+			RequestID:   dl.RequestID,
 			Action:      rec.Action,
 			AccountName: rec.AccountName,
 			Device:      e.Device,
@@ -152,18 +156,18 @@ func (s *Service) reconcile(ctx context.Context, msg jetstream.Msg) {
 		}
 		switch st {
 		case status.TimedOut:
-			ev.Reason = &status.Reason{Code: "CALLBACK_DEADLINE", Message: "no final callback within " + s.cfg.CallbackDeadline.String() + " and the request status does not settle it"}
+			ev.Reason = &status.Reason{Code: "CALLBACK_DEADLINE", Message: "no final callback within " + d.cfg.CallbackDeadline.String() + " and the request status does not settle it"}
 		case status.Failed:
 			ev.Reason = &status.Reason{Code: "REQUEST_STATUS_FAILED", Message: "ThingSpace's request status reports the device failed"}
 		}
 		evs = append(evs, ev)
 	}
-	if err := s.publish(ctx, evs); err != nil {
+	if err := d.publish(ctx, evs); err != nil {
 		_ = msg.NakWithDelay(5 * time.Second)
 		return
 	}
 	for _, ev := range evs {
-		s.m.devices.WithLabelValues(string(ev.Status)).Inc()
+		d.m.devices.WithLabelValues(string(ev.Status)).Inc()
 	}
 	log.Info().Int(observability.FieldDevices, len(evs)).Msg("late devices reconciled")
 	_ = msg.Ack()
@@ -183,8 +187,8 @@ func settledBy(s string) status.Status {
 // unsettled lists the record's devices whose latest event is not final for
 // this request. A device whose latest event belongs to a later request has
 // moved on and is left alone.
-func (s *Service) unsettled(ctx context.Context, rec *correlation.Record) ([]correlation.Entry, error) {
-	stream, err := s.js.Stream(ctx, broker.StatusStream)
+func (d *dispatcher) unsettled(ctx context.Context, rec *correlation.Record) ([]correlation.Entry, error) {
+	stream, err := d.js.Stream(ctx, broker.StatusStream)
 	if err != nil {
 		return nil, err
 	}

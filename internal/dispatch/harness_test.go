@@ -1,11 +1,15 @@
 package dispatch_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -35,6 +39,7 @@ type env struct {
 
 	mu     sync.Mutex
 	events []status.Event
+	front  func(w http.ResponseWriter, r *http.Request, body []byte) bool
 }
 
 func newEnv(t *testing.T, faults simulator.Faults) *env {
@@ -47,11 +52,36 @@ func newEnv(t *testing.T, faults simulator.Faults) *env {
 	sim, err := simulator.New(simulator.Config{Faults: faults, Seed: 7, Logger: zerolog.Nop()})
 	require.NoError(t, err)
 	sim.Start()
-	hs := httptest.NewServer(sim.Handler())
+	e := &env{t: t, ns: ns, nc: nc, js: js, sim: sim}
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		e.mu.Lock()
+		front := e.front
+		e.mu.Unlock()
+		if front != nil {
+			body, _ := io.ReadAll(r.Body)
+			if front(w, r, body) {
+				return
+			}
+			r.Body = io.NopCloser(bytes.NewReader(body))
+		}
+		sim.Handler().ServeHTTP(w, r)
+	}))
 	t.Cleanup(func() { hs.Close(); sim.Close() })
-	e := &env{t: t, ns: ns, nc: nc, js: js, sim: sim, url: hs.URL}
+	e.url = hs.URL
 	return e
 }
+
+// intercept puts f in front of the simulator: a request f answers (it
+// returns true) never reaches it. ThingSpace is the one part a test may
+// fake, and only where the simulator has no knob for the fault.
+func (e *env) intercept(f func(w http.ResponseWriter, r *http.Request, body []byte) bool) {
+	e.mu.Lock()
+	e.front = f
+	e.mu.Unlock()
+}
+
+// isAction reports a profile-action call.
+func isAction(r *http.Request) bool { return strings.Contains(r.URL.Path, "/profile/actions/") }
 
 func (e *env) config(mut func(*dispatch.Config)) dispatch.Config {
 	cfg := dispatch.Config{

@@ -2,215 +2,354 @@ package dispatch
 
 import (
 	"context"
-	"encoding/json"
+	"errors"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/synadia-io/orbit.go/jetstreamext"
 
 	"github.com/esim-pipeline/thingspace-esim/internal/batch"
 	"github.com/esim-pipeline/thingspace-esim/internal/broker"
 	"github.com/esim-pipeline/thingspace-esim/internal/command"
 	"github.com/esim-pipeline/thingspace-esim/internal/device"
 	"github.com/esim-pipeline/thingspace-esim/internal/observability"
+	"github.com/esim-pipeline/thingspace-esim/internal/order"
 	"github.com/esim-pipeline/thingspace-esim/internal/status"
 )
 
-// intake takes one command message: undecodable ones go to the dead
-// letters, invalid devices become rejected events, valid ones wait in the
-// batcher.
-func (s *Service) intake(ctx context.Context, msg jetstream.Msg) {
+// pinHeader is the header nats-server puts on each message it delivers to
+// the pinned client: a new value means this dispatcher has just taken the pin.
+const pinHeader = "Nats-Pin-Id"
+
+// intake pulls commands until ctx ends, within the session's limits, and
+// starts a session whenever the pin is taken and ends it when it is lost.
+func (d *dispatcher) intake(ctx context.Context) {
+	var s *session
+	defer func() {
+		if s != nil {
+			s.end()
+		}
+	}()
+	keepPin := time.NewTicker(d.cfg.PinnedTTL / 3)
+	defer keepPin.Stop()
+	for ctx.Err() == nil {
+		msgs, bytes, wait := 1, 0, false
+		if s != nil {
+			msgs, bytes, wait = s.pullSize()
+		}
+		if wait {
+			select {
+			case <-ctx.Done():
+				continue
+			case <-s.room:
+				continue
+			case <-keepPin.C:
+			}
+		}
+		got := 0
+		err := d.pull.pull(ctx, msgs, bytes, func(msg *nats.Msg) {
+			got++
+			if pin := msg.Header.Get(pinHeader); s == nil || pin != s.pin {
+				if s != nil {
+					s.end()
+				}
+				s = d.takeover(ctx, pin)
+			}
+			s.take(ctx, msg)
+		})
+		switch {
+		case errors.Is(err, errPinLost):
+			if s != nil {
+				d.log.Warn().Msg("the pin went to another dispatcher: handing back what is held")
+				s.end()
+				s = nil
+			}
+		case err != nil && ctx.Err() == nil:
+			d.log.Debug().Err(err).Msg("pull")
+			pause(ctx, 100*time.Millisecond)
+		case got == 0 && bytes > 0 && !wait && s != nil:
+			// The next command is larger than the room left: wait for room.
+			select {
+			case <-ctx.Done():
+			case <-s.room:
+			case <-keepPin.C:
+			}
+		}
+	}
+}
+
+func pause(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// takeover starts a session for a pin just taken. Another dispatcher may
+// hold commands it took and did not finish, or have handed them back: they
+// come here later (after its ack wait, or now), and the newer commands that
+// come first must not overtake them. So the commands between the consumer's
+// ack floor and the last one it delivered are read once, and their devices
+// wait for them.
+func (d *dispatcher) takeover(ctx context.Context, pin string) *session {
+	s := d.newSession(ctx, pin)
+	start := time.Now()
+	floor, last, n, err := d.readUnacked(ctx, func(seq uint64, devices []string) {
+		s.mu.Lock()
+		s.book.Learn(seq, devices, start)
+		s.mu.Unlock()
+	})
+	ev := d.log.Info()
+	if err != nil {
+		ev = d.log.Warn().Err(err)
+	}
+	ev.Uint64("ack_floor", floor).Uint64("last_delivered", last).Int("read", n).Dur(observability.FieldDuration, time.Since(start)).
+		Msg("pin taken: commands delivered before and not acknowledged read")
+	d.m.takeovers.Inc()
+	return s
+}
+
+// maxTakeoverRead bounds the commands a takeover reads.
+const maxTakeoverRead = 1_000_000
+
+// readUnacked reads the commands after the consumer's ack floor up to the
+// last it delivered, and gives learn each one's devices.
+func (d *dispatcher) readUnacked(ctx context.Context, learn func(seq uint64, devices []string)) (floor, last uint64, n int, err error) {
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	info, err := d.cons.Info(ctx)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	floor, last = info.AckFloor.Stream, info.Delivered.Stream
+	if last <= floor {
+		return floor, last, 0, nil
+	}
+	oc, err := d.js.OrderedConsumer(ctx, broker.CommandStream, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{broker.CommandSubjects},
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:    floor + 1,
+	})
+	if err != nil {
+		return floor, last, 0, err
+	}
+	defer func() {
+		dctx, dcancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		_ = d.js.DeleteConsumer(dctx, broker.CommandStream, oc.CachedInfo().Name)
+		dcancel()
+	}()
+	for n < maxTakeoverRead {
+		msgs, err := oc.Fetch(maxPull, jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			return floor, last, n, err
+		}
+		got := 0
+		for m := range msgs.Messages() {
+			got++
+			meta, err := m.Metadata()
+			if err != nil {
+				continue
+			}
+			if meta.Sequence.Stream > last {
+				return floor, last, n, nil
+			}
+			n++
+			if cmd, err := d.decode(m.Subject(), m.Data()); err == nil {
+				keys := make([]string, len(cmd.Devices))
+				for i, dv := range cmd.Devices {
+					keys[i] = dv.IDs.Key()
+				}
+				learn(meta.Sequence.Stream, keys)
+			}
+			if meta.Sequence.Stream == last {
+				return floor, last, n, nil
+			}
+		}
+		if err := msgs.Error(); err != nil {
+			return floor, last, n, err
+		}
+		if got == 0 {
+			return floor, last, n, errors.New("the stream ended before the last delivered command")
+		}
+	}
+	return floor, last, n, errors.New("stopped reading at the limit; order across this takeover is not guaranteed beyond it")
+}
+
+func (d *dispatcher) decode(subject string, data []byte) (*command.Command, error) {
+	action, err := command.ActionFromSubject(subject)
+	if err != nil {
+		return nil, err
+	}
+	return command.Decode(action, data, device.Options{Checksums: d.cfg.Checksums})
+}
+
+// take takes one command message in: an undecodable one goes to the dead
+// letters, invalid devices become rejected events, the valid ones go into
+// the book.
+func (s *session) take(ctx context.Context, msg *nats.Msg) {
+	d := s.d
 	meta, err := msg.Metadata()
 	if err != nil {
-		s.log.Error().Err(err).Msg("command without metadata")
+		d.log.Error().Err(err).Msg("command without metadata")
 		_ = msg.Term()
 		return
 	}
 	if meta.NumDelivered > 1 {
-		s.m.duplicateCalls.Inc()
+		d.m.redelivered.Inc()
 	}
-	action, err := command.ActionFromSubject(msg.Subject())
-	if err == nil {
-		var cmd *command.Command
-		cmd, err = command.Decode(action, msg.Data(), device.Options{Checksums: s.cfg.Checksums})
-		if err == nil {
-			s.accept(ctx, msg, meta, cmd)
+	cmd, err := d.decode(msg.Subject, msg.Data)
+	if err != nil {
+		d.undecodable(ctx, msg, meta, err)
+		return
+	}
+	h := &held{
+		msg:     msg,
+		seq:     meta.Sequence.Stream,
+		id:      command.CommandID(cmd.ID, msg.Header.Get(nats.MsgIdHdr), meta.Stream, meta.Sequence.Stream),
+		action:  string(cmd.Action),
+		account: cmd.AccountName,
+		opts:    cmd.Options,
+		key:     batch.Key{Action: string(cmd.Action), Account: cmd.AccountName, Options: cmd.Options.Key()},
+		devices: make(map[string]device.Set, len(cmd.Devices)),
+		tries:   meta.NumDelivered,
+	}
+	d.log.Debug().Str(observability.FieldCommandID, h.id).Int(observability.FieldDevices, cmd.Len()).
+		Int("rejected", len(cmd.Problems)).Uint64("delivery", meta.NumDelivered).Msg("command taken in")
+	if len(cmd.Problems) > 0 {
+		if err := d.rejectInvalid(s.work, h, cmd.Problems); err != nil {
+			d.log.Warn().Err(err).Str(observability.FieldCommandID, h.id).Msg("rejected events not stored; command handed back")
+			_ = msg.Nak()
 			return
 		}
 	}
-	log := s.log.With().Str(observability.FieldSubject, msg.Subject()).Uint64("stream_seq", meta.Sequence.Stream).Logger()
-	log.Warn().Err(err).Msg("undecodable command to the dead letters")
-	if dlErr := s.deadLetter(ctx, msg, err.Error()); dlErr != nil {
-		log.Error().Err(dlErr).Msg("dead letter failed; command handed back")
+	devs := make([]order.Device, len(cmd.Devices))
+	for i, dv := range cmd.Devices {
+		k := dv.IDs.Key()
+		h.devices[k] = dv.IDs
+		devs[i] = order.Device{Key: k}
+	}
+	if meta.NumDelivered > 1 {
+		if err := d.markSettled(ctx, h, meta.Timestamp, devs); err != nil {
+			d.log.Warn().Err(err).Str(observability.FieldCommandID, h.id).Msg("status stream not readable; command handed back")
+			_ = msg.NakWithDelay(time.Second)
+			return
+		}
+	}
+	exhausted := meta.NumDelivered > uint64(d.cfg.MaxDeliver)
+	if exhausted {
+		h.failure = "delivered " + strconv.FormatUint(meta.NumDelivered, 10) + " times without an outcome (MAX_DELIVER " + strconv.Itoa(d.cfg.MaxDeliver) + ")"
+	}
+	s.arrive(h, devs, exhausted)
+}
+
+// undecodable sends a command no device can be read from to the dead letters.
+func (d *dispatcher) undecodable(ctx context.Context, msg *nats.Msg, meta *nats.MsgMetadata, cause error) {
+	log := d.log.With().Str(observability.FieldSubject, msg.Subject).Uint64("stream_seq", meta.Sequence.Stream).Logger()
+	log.Warn().Err(cause).Msg("undecodable command to the dead letters")
+	if err := d.deadLetter(ctx, msg, cause.Error()); err != nil {
+		log.Error().Err(err).Msg("dead letter failed; command handed back")
 		_ = msg.NakWithDelay(time.Second)
 		return
 	}
 	_ = msg.Term()
-	s.m.commands.WithLabelValues("deadlettered").Inc()
+	d.m.commands.WithLabelValues("deadlettered").Inc()
 }
 
-func (s *Service) accept(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata, cmd *command.Command) {
-	id := command.CommandID(cmd.ID, msg.Headers().Get(nats.MsgIdHdr), meta.Stream, meta.Sequence.Stream)
-	p := &pending{
-		msg:     msg,
-		seq:     meta.Sequence.Stream,
-		id:      id,
-		action:  string(cmd.Action),
-		account: cmd.AccountName,
-		last:    meta.NumDelivered >= uint64(s.cfg.MaxDeliver),
+// rejectInvalid publishes the rejected events of a command's invalid devices.
+func (d *dispatcher) rejectInvalid(ctx context.Context, h *held, problems []command.Problem) error {
+	evs := make([]status.Event, 0, len(problems))
+	now := time.Now().UTC()
+	for _, pr := range problems {
+		reason := pr.Reason()
+		evs = append(evs, status.Event{
+			// The index keeps apart two problems of one command that read
+			// as the same device (a repeat, or no readable identifier).
+			EventID:     status.ID("command", string(status.Rejected), h.id, h.action, pr.Device.Key(), strconv.Itoa(pr.Index)),
+			CommandID:   h.id,
+			Action:      h.action,
+			AccountName: h.account,
+			Device:      pr.Device,
+			Status:      status.Rejected,
+			Final:       true,
+			Reason:      &reason,
+			OccurredAt:  now,
+		})
 	}
-	p.remaining.Store(int64(cmd.Len()))
-	if s.hold(p) {
-		// Nothing else in hand: commands below this one that are not
-		// acknowledged (another dispatcher's) go first (order.go).
-		s.fenceUnacked(ctx, p.seq)
+	if err := d.publish(ctx, evs, 0); err != nil {
+		return err
 	}
-	s.log.Debug().Str(observability.FieldCommandID, id).Int(observability.FieldDevices, cmd.Len()).
-		Int("rejected", len(cmd.Problems)).Msg("command taken in")
-
-	if len(cmd.Problems) > 0 {
-		evs := make([]status.Event, 0, len(cmd.Problems))
-		now := time.Now().UTC()
-		for _, pr := range cmd.Problems {
-			reason := pr.Reason()
-			evs = append(evs, status.Event{
-				// The index keeps apart two problems of one command that read
-				// as the same device (a repeat, or no readable identifier).
-				EventID:     status.ID("command", string(status.Rejected), id, p.action, pr.Device.Key(), strconv.Itoa(pr.Index)),
-				CommandID:   id,
-				Action:      p.action,
-				AccountName: p.account,
-				Device:      pr.Device,
-				Status:      status.Rejected,
-				Final:       true,
-				Reason:      &reason,
-				OccurredAt:  now,
-			})
-		}
-		if err := s.publish(ctx, evs); err != nil {
-			s.log.Warn().Err(err).Str(observability.FieldCommandID, id).Msg("rejected events not stored; command handed back")
-			s.fenceDevices(cmd.Devices, p)
-			s.handBack(p, time.Second)
-			return
-		}
-		s.m.devices.WithLabelValues(string(status.Rejected)).Add(float64(len(evs)))
-		s.settle(ctx, p, len(evs))
-	}
-	devices := cmd.Devices
-	if meta.NumDelivered > 1 {
-		// A redelivery: devices an earlier delivery already carried to
-		// ThingSpace have this command's event as their latest; they are
-		// not sent twice.
-		var done int
-		devices, done = s.notYetDone(ctx, id, p.action, devices)
-		if done > 0 {
-			s.log.Info().Str(observability.FieldCommandID, id).Int("already_done", done).Msg("redelivered command: devices already submitted are skipped")
-			s.settle(ctx, p, done)
-		}
-	}
-	// Back after a hand-back: devices already done need not hold back
-	// their later commands (the others lift their fences as they leave).
-	s.liftDone(p.seq, cmd.Devices, devices)
-	if len(devices) == 0 {
-		return
-	}
-	key := batch.Key{Action: p.action, Account: cmd.AccountName, Options: cmd.Options.Key()}
-	s.mu.Lock()
-	s.options[key] = cmd.Options
-	for _, d := range devices {
-		s.addLocked(key, batch.Item{Device: d.IDs, Ref: p})
-	}
-	s.mu.Unlock()
-	s.wakeUp()
+	d.m.devices.WithLabelValues(string(status.Rejected)).Add(float64(len(evs)))
+	return nil
 }
 
-// notYetDone returns the devices whose latest status event is not one of
-// command id's, and how many were left out. When the status stream cannot
-// be read, every device is returned: sending twice beats not sending.
-func (s *Service) notYetDone(ctx context.Context, id, action string, devices []command.Device) ([]command.Device, int) {
-	stream, err := s.js.Stream(ctx, broker.StatusStream)
-	if err != nil {
-		return devices, 0
-	}
-	out := devices[:0:0]
-	for _, d := range devices {
-		m, err := stream.GetLastMsgForSubject(ctx, status.Subject(action, d.IDs))
-		if err == nil {
-			var last struct {
-				CommandID string `json:"commandId"`
+// seqHeader names, on the events that settle a device for a command
+// (accepted, rejected by ThingSpace, failed), the command's stream
+// sequence: a redelivery reads it to tell what an earlier delivery did.
+const seqHeader = "Esim-Command-Seq"
+
+// markSettled sets Done on the devices of a redelivered command that an
+// earlier delivery settled: the status stream holds, since the command was
+// published, an event of this command or a later one for the device and
+// action (rule 2 of package order makes a later one imply this one's).
+func (d *dispatcher) markSettled(ctx context.Context, h *held, published time.Time, devs []order.Device) error {
+	var wg sync.WaitGroup
+	errs := make(chan error, len(devs))
+	sem := make(chan struct{}, 16)
+	for i := range devs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			done, err := d.settledSince(ctx, h, published, h.devices[devs[i].Key])
+			if err != nil {
+				errs <- err
+				return
 			}
-			if json.Unmarshal(m.Data, &last) == nil && last.CommandID == id {
-				continue
-			}
-		}
-		out = append(out, d)
+			devs[i].Done = done
+		}()
 	}
-	return out, len(devices) - len(out)
+	wg.Wait()
+	close(errs)
+	return <-errs
 }
 
-// publishTimeout bounds one event publish: its wait for a free slot among
-// the async publishes in flight, and then for its ack.
-const publishTimeout = 10 * time.Second
-
-// publish stores events on their status subjects, each with its eventId as
-// Nats-Msg-Id, and returns once every one is acknowledged. Failed publishes
-// are tried again until ctx ends: an event that is not stored must not let
-// its command be acknowledged.
-func (s *Service) publish(ctx context.Context, evs []status.Event) error {
-	todo := evs
-	wait := 100 * time.Millisecond
+func (d *dispatcher) settledSince(ctx context.Context, h *held, published time.Time, dev device.Set) (bool, error) {
+	subject := status.Subject(h.action, dev)
+	// Stream clocks may differ between cluster nodes: look a minute further back.
+	opts := []jetstreamext.GetBatchOpt{jetstreamext.GetBatchSubject(subject), jetstreamext.GetBatchStartTime(published.Add(-time.Minute))}
 	for {
-		var failed []status.Event
-		futures := make([]jetstream.PubAckFuture, 0, len(todo))
-		sent := make([]status.Event, 0, len(todo))
-		for _, ev := range todo {
-			m, err := eventMsg(ev)
+		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		msgs, err := jetstreamext.GetBatch(ctx, d.js, broker.StatusStream, 256, opts...)
+		if err != nil {
+			cancel()
+			return false, err
+		}
+		var next uint64
+		got := 0
+		for m, err := range msgs {
+			if errors.Is(err, jetstreamext.ErrNoMessages) {
+				break
+			}
 			if err != nil {
-				return err
+				cancel()
+				return false, err
 			}
-			// At MAX pending the publish waits for acks to free a slot (as
-			// long as an ack may take), rather than failing after nats.go's
-			// 200 ms and waiting for the whole batch and a retry.
-			f, err := s.js.PublishMsgAsync(m, jetstream.WithStallWait(publishTimeout))
-			if err != nil {
-				s.log.Debug().Err(err).Str(observability.FieldEventID, ev.EventID).Msg("event publish")
-				failed = append(failed, ev)
-				continue
-			}
-			futures = append(futures, f)
-			sent = append(sent, ev)
-		}
-		for i, f := range futures {
-			select {
-			case <-f.Ok():
-			case err := <-f.Err():
-				s.log.Debug().Err(err).Str(observability.FieldEventID, sent[i].EventID).Msg("event publish")
-				failed = append(failed, sent[i])
-			case <-ctx.Done():
-				return ctx.Err()
+			got++
+			next = m.Sequence + 1
+			if seq, err := strconv.ParseUint(m.Header.Get(seqHeader), 10, 64); err == nil && seq >= h.seq {
+				cancel()
+				return true, nil
 			}
 		}
-		if len(failed) == 0 {
-			return nil
+		cancel()
+		if got < 256 {
+			return false, nil
 		}
-		todo = failed
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(wait):
-		}
-		if wait < 2*time.Second {
-			wait *= 2
-		}
+		opts = []jetstreamext.GetBatchOpt{jetstreamext.GetBatchSubject(subject), jetstreamext.GetBatchSeq(next)}
 	}
-}
-
-// eventMsg is ev as a NATS message.
-func eventMsg(ev status.Event) (*nats.Msg, error) {
-	m := nats.NewMsg(ev.Subject())
-	m.Data = ev.AppendJSON(make([]byte, 0, 512))
-	m.Header.Set(nats.MsgIdHdr, ev.EventID)
-	m.Header.Set(jetstream.ExpectedStreamHeader, broker.StatusStream)
-	return m, nil
 }

@@ -3,29 +3,30 @@ package dispatch
 import "github.com/prometheus/client_golang/prometheus"
 
 type metrics struct {
-	commands       *prometheus.CounterVec   // result
-	devices        *prometheus.CounterVec   // status
-	batches        *prometheus.CounterVec   // action
-	batchFull      prometheus.Counter       //
-	batchSize      prometheus.Histogram     //
-	calls          *prometheus.CounterVec   // endpoint, code
-	callSeconds    *prometheus.HistogramVec // endpoint
-	retries        prometheus.Counter
-	throttled      prometheus.Counter
-	deadLetters    prometheus.Counter
-	held           prometheus.Gauge
-	parked         prometheus.Gauge
-	pending        prometheus.Gauge
-	duplicateCalls prometheus.Counter
+	commands    *prometheus.CounterVec   // result
+	devices     *prometheus.CounterVec   // status
+	batches     *prometheus.CounterVec   // action
+	batchFull   prometheus.Counter       //
+	batchSize   prometheus.Histogram     //
+	calls       *prometheus.CounterVec   // endpoint, code
+	callSeconds *prometheus.HistogramVec // endpoint
+	retries     prometheus.Counter
+	throttled   prometheus.Counter
+	deadLetters prometheus.Counter
+	held        prometheus.Gauge
+	waiting     prometheus.Gauge
+	pending     prometheus.Gauge
+	redelivered prometheus.Counter
+	takeovers   prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		commands: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "esim_dispatcher_commands_total", Help: "Command messages taken in, by result (acked, deadlettered, handed_back).",
+			Name: "esim_dispatcher_commands_total", Help: "Command messages finished, by result (acked, deadlettered, handed_back at a stop or a lost pin).",
 		}, []string{"result"}),
 		devices: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "esim_dispatcher_devices_total", Help: "Devices settled by the dispatcher, by status event (accepted, rejected, failed).",
+			Name: "esim_dispatcher_devices_total", Help: "Devices settled by the dispatcher, by status event (accepted, rejected, failed), or skipped (a redelivery whose earlier delivery settled them).",
 		}, []string{"status"}),
 		batches: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "esim_dispatcher_batches_total", Help: "ThingSpace bulk calls that got a requestId, by action.",
@@ -56,17 +57,20 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		held: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "esim_dispatcher_commands_held", Help: "Commands taken in and not yet acknowledged.",
 		}),
-		parked: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "esim_dispatcher_devices_parked", Help: "Devices of held commands waiting for an earlier command of theirs, handed back, to come back.",
+		waiting: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "esim_dispatcher_devices_parked", Help: "Devices of held commands not in a batch: waiting for an earlier command of theirs, or in a call.",
 		}),
 		pending: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "esim_dispatcher_consumer_pending", Help: "Commands in the stream not yet delivered to the dispatchers (consumer lag).",
 		}),
-		duplicateCalls: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "esim_dispatcher_redelivered_commands_total", Help: "Commands delivered more than once (possible double submissions).",
+		redelivered: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "esim_dispatcher_redelivered_commands_total", Help: "Commands delivered more than once (their devices an earlier delivery settled are skipped).",
+		}),
+		takeovers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "esim_dispatcher_takeovers_total", Help: "Times this dispatcher took the consumer's pin (and read the commands delivered before, not acknowledged).",
 		}),
 	}
 	reg.MustRegister(m.commands, m.devices, m.batches, m.batchFull, m.batchSize, m.calls, m.callSeconds,
-		m.retries, m.throttled, m.deadLetters, m.held, m.parked, m.pending, m.duplicateCalls)
+		m.retries, m.throttled, m.deadLetters, m.held, m.waiting, m.pending, m.redelivered, m.takeovers)
 	return m
 }

@@ -30,7 +30,7 @@ func TestPublishWaitsForASlotWhenAcksAreSlow(t *testing.T) {
 	nc := ns.Connect()
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(1), jetstream.WithPublishAsyncTimeout(publishTimeout))
 	require.NoError(t, err)
-	s := &Service{js: js, log: zerolog.Nop()}
+	d := &dispatcher{js: js, log: zerolog.Nop()}
 
 	var evs []status.Event
 	var want []string
@@ -49,7 +49,7 @@ func TestPublishWaitsForASlotWhenAcksAreSlow(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	require.NoError(t, s.publish(ctx, evs))
+	require.NoError(t, d.publish(ctx, evs))
 
 	seen := slow.Seen(func(m *nats.Msg) string { return m.Header.Get(nats.MsgIdHdr) })
 	require.Equal(t, want, seen, "each event published once, in order")

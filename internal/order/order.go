@@ -106,6 +106,7 @@ type Book struct {
 	away    map[uint64]*cmd
 	held    int
 	devices int
+	out     int // entries released as Send or Fail, not settled
 }
 
 // New returns an empty book.
@@ -121,6 +122,11 @@ func (b *Book) Devices() int { return b.devices }
 
 // Away is the number of commands known only from a takeover read.
 func (b *Book) Away() int { return len(b.away) }
+
+// Stalled reports whether nothing here can move until a command known only
+// from the takeover read comes: something is held, and no device of it is
+// released and waiting for its outcome.
+func (b *Book) Stalled() bool { return b.held > 0 && b.out == 0 && len(b.away) > 0 }
 
 // Has reports whether the command at seq is here.
 func (b *Book) Has(seq uint64) bool {
@@ -208,6 +214,7 @@ func (b *Book) Settle(seq uint64, device string) ([]Release, []uint64) {
 		return nil, nil
 	}
 	l.entries[i].state = settled
+	b.out--
 	c.open--
 	var s step
 	b.advance(device, &s)
@@ -301,6 +308,7 @@ func (b *Book) advance(device string, s *step) {
 				do = Fail
 			}
 			e.state = out
+			b.out++
 			s.released = append(s.released, Release{Seq: e.seq, Device: device, Do: do})
 			return
 		default: // out, away

@@ -290,6 +290,9 @@ func TestATakeoverReadHoldsTheDeviceUntilTheCommandComesOrTheFloorPasses(t *test
 	rel, _ := b.Arrive(order.Command{Seq: 7, Devices: []order.Device{{Key: "a"}, {Key: "b"}, {Key: "c"}}})
 	require.Equal(t, []order.Release{{Seq: 7, Device: "c", Do: order.Send}}, rel, "only c is free")
 
+	require.False(t, b.Stalled(), "c is out")
+	b.Settle(7, "c")
+	require.True(t, b.Stalled(), "only 5 and 6, not here, can free 7")
 	rel, _ = b.Arrive(order.Command{Seq: 5, Devices: []order.Device{{Key: "a", Done: true}}})
 	require.Equal(t, []order.Release{{Seq: 5, Device: "a", Do: order.Skip}, {Seq: 7, Device: "a", Do: order.Send}}, rel,
 		"the redelivered 5 was done already: skipped, and 7 goes")

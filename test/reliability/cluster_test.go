@@ -134,7 +134,7 @@ func TestClusterStreamLeaderLoss(t *testing.T) {
 			twice++
 		}
 	}
-	require.LessOrEqual(t, twice, 300, "devices submitted twice (bound: MAX_ACK_PENDING = 3 batches of 100)")
+	require.LessOrEqual(t, twice, 300, "devices submitted twice (bound: MAX_HELD_COMMANDS = 3 batches of 100)")
 	require.False(t, ing.exited() || d.exited(), "a service exited")
 	t.Logf("FIGURE cluster, R3, leader %s of %s stopped after %d devices accepted: new leader %s in %s; "+
 		"%d devices submitted twice; %d callbacks answered, %d refused and resent, 0 lost; every command final %s after the stop",

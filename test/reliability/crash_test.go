@@ -86,7 +86,7 @@ func TestDispatcherKilledUnderLoad(t *testing.T) {
 	p := startPipeline(t, simulator.Config{
 		ResendInterval: time.Second,
 		Faults:         simulator.Faults{Latency: 20 * time.Millisecond, RatePerMinute: -1, CallbackDelay: 50 * time.Millisecond},
-	}, nil, map[string]string{"BATCH_MAX_DEVICES": fmt.Sprint(batch), "MAX_ACK_PENDING": fmt.Sprint(maxAckPending)})
+	}, nil, map[string]string{"BATCH_MAX_DEVICES": fmt.Sprint(batch), "MAX_HELD_COMMANDS": fmt.Sprint(maxAckPending)})
 	_, js := connect(t, p.nats.url())
 	ids := publishCommands(t, js, 1, n)
 
@@ -118,10 +118,10 @@ func TestDispatcherKilledUnderLoad(t *testing.T) {
 	p.events.mu.Unlock()
 	checkCallbacks(t, p.sim, p.events)
 	// A device can only be sent twice if its command was held, not yet
-	// acknowledged, when the process died: at most MAX_ACK_PENDING.
+	// acknowledged, when the process died: at most MAX_HELD_COMMANDS.
 	require.LessOrEqual(t, twice, maxAckPending, "devices submitted twice")
 	t.Logf("FIGURE dispatcher kill -9: %d commands, %d devices accepted by ThingSpace before the kill (%d accepted events stored); "+
-		"devices submitted twice: %d (bound %d = MAX_ACK_PENDING); restart ready after %s; every device final %s after the kill",
+		"devices submitted twice: %d (bound %d = MAX_HELD_COMMANDS); restart ready after %s; every device final %s after the kill",
 		n, atKill.DevicesAccept, acceptedEvents, twice, maxAckPending, restarted.Round(time.Millisecond), recovered.Round(time.Millisecond))
 }
 
@@ -204,7 +204,7 @@ func TestNATSKilledUnderLoad(t *testing.T) {
 			twice++
 		}
 	}
-	// Only commands held un-acked (MAX_ACK_PENDING: 3 batches of 100) can
+	// Only commands held un-acked (MAX_HELD_COMMANDS: 3 batches of 100) can
 	// have gone to ThingSpace before their outcome was stored.
 	require.LessOrEqual(t, twice, 300, "devices submitted twice")
 	t.Logf("FIGURE nats-server kill -9: %d devices accepted and %d callbacks answered before the kill; "+
