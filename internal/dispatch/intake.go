@@ -29,55 +29,76 @@ const pinHeader = "Nats-Pin-Id"
 func (d *dispatcher) intake(ctx context.Context) {
 	var s *session
 	defer func() {
+		d.pull.close()
+		// What came and was not taken goes back at once, in order.
+		for {
+			select {
+			case m := <-d.pull.msgs:
+				if len(m.Data) > 0 {
+					_ = m.Nak()
+				}
+				continue
+			default:
+			}
+			break
+		}
 		if s != nil {
 			s.end()
 		}
 	}()
 	keepPin := time.NewTicker(d.cfg.PinnedTTL / 3)
 	defer keepPin.Stop()
+	tick := time.NewTicker(pull / 4)
+	defer tick.Stop()
+	keep := false
 	for ctx.Err() == nil {
-		msgs, bytes, wait := 1, 0, false
-		if s != nil {
-			msgs, bytes, wait = s.pullSize()
-		}
-		if wait {
-			select {
-			case <-ctx.Done():
-				continue
-			case <-s.room:
-				continue
-			case <-keepPin.C:
-			}
-		}
-		got := 0
-		err := d.pull.pull(ctx, msgs, bytes, func(msg *nats.Msg) {
-			got++
-			if pin := msg.Header.Get(pinHeader); s == nil || pin != s.pin {
-				if s != nil {
-					s.end()
-				}
-				s = d.takeover(ctx, pin)
-			}
-			s.take(ctx, msg)
-		})
-		switch {
-		case errors.Is(err, errPinLost):
+		if now := time.Now(); !d.pull.busy(now) {
+			msgs, bytes, wait := 1, 0, false
 			if s != nil {
-				d.log.Warn().Msg("the pin went to another dispatcher: handing back what is held")
-				s.end()
-				s = nil
+				msgs, bytes, wait = s.pullSize()
 			}
-		case err != nil && ctx.Err() == nil:
-			d.log.Debug().Err(err).Msg("pull")
-			pause(ctx, 100*time.Millisecond)
-		case got == 0 && bytes > 0 && !wait && s != nil:
-			// The next command is larger than the room left: wait for room.
-			select {
-			case <-ctx.Done():
-			case <-s.room:
-			case <-keepPin.C:
+			switch {
+			case !wait:
+				d.ask(msgs, bytes, now)
+			case keep:
+				d.ask(msgs, bytes, now) // full: a pull that cannot take a message keeps the pin
+				keep = false
 			}
 		}
+		var room chan struct{}
+		if s != nil {
+			room = s.room
+		}
+		select {
+		case <-ctx.Done():
+		case <-room:
+		case <-keepPin.C:
+			keep = true
+		case <-tick.C:
+		case m := <-d.pull.msgs:
+			switch d.pull.read(m) {
+			case readPinLost:
+				if s != nil {
+					d.log.Warn().Msg("the pin went to another dispatcher: handing back what is held")
+					s.end()
+					s = nil
+				}
+			case readCommand:
+				if pin := m.Header.Get(pinHeader); s == nil || pin != s.pin {
+					if s != nil {
+						s.end()
+					}
+					s = d.takeover(ctx, pin)
+				}
+				s.take(ctx, m)
+			}
+		}
+	}
+}
+
+func (d *dispatcher) ask(msgs, bytes int, now time.Time) {
+	if err := d.pull.ask(msgs, bytes, now); err != nil {
+		d.log.Debug().Err(err).Msg("pull")
 	}
 }
 

@@ -1,9 +1,7 @@
 package dispatch
 
 import (
-	"context"
 	"encoding/json"
-	"errors"
 	"strconv"
 	"strings"
 	"time"
@@ -14,112 +12,155 @@ import (
 	"github.com/esim-pipeline/thingspace-esim/internal/broker"
 )
 
-// puller pulls commands with pull requests of its own rather than
-// nats.go's Fetch. Fetch counts a pull's bytes itself and ends it once it
-// counted max_bytes; on a pinned consumer it counts the Nats-Pin-Id header
-// that the server adds and does not count, so it ends early, and what the
-// server sends after is dropped (to come back only after its ack wait).
-// Here every request ends when the server says so (the batch done, 408,
-// 409), or at its expiry, and nothing it sends is dropped.
+// puller asks for commands with pull requests of its own rather than
+// nats.go's Fetch, and takes what comes on one subscription that outlives
+// the requests. Fetch ends a pull when it has counted max_bytes itself and
+// unsubscribes: on a pinned consumer it counts the Nats-Pin-Id header that
+// the server adds after counting, on a cluster the 409 that ends a pull can
+// overtake the messages before it, and a request the server filled to
+// exactly max_bytes ends without a word; what the server sent after Fetch
+// stopped listening was lost until its ack wait, and a command lost so can
+// come back behind a later one of its device. Here nothing the server sends
+// is lost: a request is only how much to ask for; every message, whichever
+// request brought it, is taken in the order it came.
 type puller struct {
 	nc      *nats.Conn
 	subject string // the consumer's next-message API subject
+	prefix  string // replies go to prefix + n
+	sub     *nats.Subscription
+	msgs    chan *nats.Msg
 	pin     string // the pin id this client holds, "" when none
+	n       uint64
+	open    []*pullRequest // requests the server may still be serving, oldest first
 }
 
-func newPuller(nc *nats.Conn, js jetstream.JetStream) *puller {
-	prefix := js.Options().APIPrefix
-	if prefix == "" {
-		prefix = "$JS.API."
-	}
-	if !strings.HasSuffix(prefix, ".") {
-		prefix += "."
-	}
-	return &puller{nc: nc, subject: prefix + "CONSUMER.MSG.NEXT." + broker.CommandStream + "." + broker.DispatcherConsumer}
-}
-
-// errPinLost reports that the server gave the pin to another client.
-var errPinLost = errors.New("the pin went to another dispatcher")
-
+// pullRequest is one request and what came of it so far.
 type pullRequest struct {
-	Expires  time.Duration `json:"expires"`
-	Batch    int           `json:"batch"`
-	MaxBytes int           `json:"max_bytes,omitempty"`
-	Group    string        `json:"group"`
-	PinID    string        `json:"id,omitempty"`
+	reply    string
+	batch    int
+	maxBytes int
+	got      int
+	bytes    int
+	until    time.Time // by then the server has ended it
 }
 
-// pull asks for up to batch messages (of at most maxBytes in all, when
-// not 0) and hands each to take as it comes; it returns when the request
-// ended: errPinLost when the pin went elsewhere. A request whose bytes the
-// server counted to exactly maxBytes ends without a word: at its expiry.
-func (p *puller) pull(ctx context.Context, batch, maxBytes int, take func(*nats.Msg)) error {
-	msgs := make(chan *nats.Msg, batch+8)
-	sub, err := p.nc.ChanSubscribe(p.nc.NewInbox(), msgs)
+// maxOpen bounds the requests asked and not known to be over.
+const maxOpen = 2
+
+func newPuller(nc *nats.Conn, js jetstream.JetStream) (*puller, error) {
+	api := js.Options().APIPrefix
+	if api == "" {
+		api = "$JS.API."
+	}
+	if !strings.HasSuffix(api, ".") {
+		api += "."
+	}
+	p := &puller{
+		nc:      nc,
+		subject: api + "CONSUMER.MSG.NEXT." + broker.CommandStream + "." + broker.DispatcherConsumer,
+		prefix:  nc.NewInbox() + ".",
+		// Room for what every open request may bring, and their ends: a
+		// full channel would drop messages.
+		msgs: make(chan *nats.Msg, maxOpen*(maxPull+8)),
+	}
+	sub, err := nc.ChanSubscribe(p.prefix+"*", p.msgs)
 	if err != nil {
+		return nil, err
+	}
+	p.sub = sub
+	return p, nil
+}
+
+// busy reports whether a request may still bring messages, forgetting the
+// ones that are over.
+func (p *puller) busy(now time.Time) bool {
+	p.open = dropWhile(p.open, func(r *pullRequest) bool { return r.over(now) })
+	return len(p.open) > 0
+}
+
+func (r *pullRequest) over(now time.Time) bool {
+	return r.got >= r.batch || (r.maxBytes > 0 && r.bytes >= r.maxBytes) || !now.Before(r.until)
+}
+
+func dropWhile(rs []*pullRequest, f func(*pullRequest) bool) []*pullRequest {
+	i := 0
+	for i < len(rs) && f(rs[i]) {
+		i++
+	}
+	return rs[i:]
+}
+
+// ask sends a request for up to batch messages (of at most maxBytes in
+// all, when not 0), unless maxOpen requests are still open.
+func (p *puller) ask(batch, maxBytes int, now time.Time) error {
+	if len(p.open) >= maxOpen {
+		return nil
+	}
+	p.n++
+	r := &pullRequest{reply: p.prefix + strconv.FormatUint(p.n, 10), batch: batch, maxBytes: maxBytes, until: now.Add(pull + time.Second)}
+	body, _ := json.Marshal(struct {
+		Expires  time.Duration `json:"expires"`
+		Batch    int           `json:"batch"`
+		MaxBytes int           `json:"max_bytes,omitempty"`
+		Group    string        `json:"group"`
+		PinID    string        `json:"id,omitempty"`
+	}{pull, batch, maxBytes, PriorityGroup, p.pin})
+	if err := p.nc.PublishRequest(p.subject, r.reply, body); err != nil {
 		return err
 	}
-	defer func() { _ = sub.Unsubscribe() }()
-	req, _ := json.Marshal(pullRequest{Expires: pull, Batch: batch, MaxBytes: maxBytes, Group: PriorityGroup, PinID: p.pin})
-	if err := p.nc.PublishRequest(p.subject, sub.Subject, req); err != nil {
-		return err
-	}
-	// The server ends the request by its expiry; messages it sent before
-	// are delivered here by then (taking them may take longer): once it is
-	// over, what arrived is still taken.
-	expiry := time.NewTimer(pull + time.Second)
-	defer expiry.Stop()
-	rest := func(take func(*nats.Msg)) {
-		_ = sub.Unsubscribe()
-		for {
-			select {
-			case m := <-msgs:
-				if len(m.Data) > 0 || m.Header.Get("Status") == "" {
-					take(m)
-				}
-			default:
-				return
-			}
-		}
-	}
-	// Only the server's count of bytes ends a request (409): the client
-	// cannot know how it counts (not the header block it adds for the pin).
-	// On a cluster the status that ends a request may overtake the messages
-	// it sent: its pending count says how many to wait for still.
-	want := batch
-	for got := 0; got < want; {
-		select {
-		case <-ctx.Done():
-			// Stopping: what came is handed back at once.
-			rest(func(m *nats.Msg) { _ = m.Nak() })
-			return ctx.Err()
-		case <-expiry.C:
-			rest(take)
-			return nil
-		case m := <-msgs:
-			if len(m.Data) == 0 && m.Header.Get("Status") != "" {
-				switch m.Header.Get("Status") {
-				case "100": // heartbeat
-					continue
-				case "423":
-					p.pin = ""
-					return errPinLost
-				case "404", "408", "409":
-					pending, err := strconv.Atoi(m.Header.Get("Nats-Pending-Messages"))
-					if err != nil || batch-pending <= got {
-						return nil
-					}
-					want = batch - pending
-					continue
-				}
-				return errors.New("pull: " + m.Header.Get("Status") + " " + m.Header.Get("Description"))
-			}
-			got++
-			if pin := m.Header.Get(pinHeader); pin != "" {
-				p.pin = pin
-			}
-			take(m)
-		}
-	}
+	p.open = append(p.open, r)
 	return nil
 }
+
+// read is what one message that came is: a command to take, the end of a
+// request, or word that the pin went to another client.
+type read int
+
+const (
+	readCommand read = iota
+	readStatus
+	readPinLost
+)
+
+// read accounts for m. A status names its request by its reply subject; a
+// command counts for the oldest request still open (the server serves them
+// in order). Counting is only for asking: a command is taken whatever it
+// is counted for.
+func (p *puller) read(m *nats.Msg) read {
+	if len(m.Data) == 0 && m.Header.Get("Status") != "" {
+		switch m.Header.Get("Status") {
+		case "423":
+			p.pin = ""
+			p.open = nil
+			return readPinLost
+		case "404", "408", "409":
+			for _, r := range p.open {
+				if r.reply != m.Subject {
+					continue
+				}
+				// The status may overtake what the request brought: its
+				// pending count says how many are still to come.
+				if pending, err := strconv.Atoi(m.Header.Get("Nats-Pending-Messages")); err == nil && pending < r.batch {
+					r.batch -= pending
+				} else {
+					r.batch = r.got
+				}
+				r.maxBytes = 0
+			}
+		}
+		return readStatus
+	}
+	if pin := m.Header.Get(pinHeader); pin != "" {
+		p.pin = pin
+	}
+	for _, r := range p.open {
+		if !r.over(time.Time{}) {
+			r.got++
+			r.bytes += m.Size()
+			break
+		}
+	}
+	return readCommand
+}
+
+func (p *puller) close() { _ = p.sub.Unsubscribe() }

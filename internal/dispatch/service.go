@@ -120,7 +120,11 @@ func (s *Service) Run(ctx context.Context) error {
 	go func() { adminDone <- admin.Serve(adminCtx, 5*time.Second) }()
 	defer func() { stopAdmin(); <-adminDone }()
 
-	d := &dispatcher{cfg: s.cfg, log: s.log, m: newMetrics(s.reg), js: js, pull: newPuller(nc, js), ts: s.ts, limiter: s.limiter, batches: &s.batches}
+	pl, err := newPuller(nc, js)
+	if err != nil {
+		return err
+	}
+	d := &dispatcher{cfg: s.cfg, log: s.log, m: newMetrics(s.reg), js: js, pull: pl, ts: s.ts, limiter: s.limiter, batches: &s.batches}
 	if err := d.setup(ctx); err != nil {
 		if ctx.Err() != nil {
 			return nil

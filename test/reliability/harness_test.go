@@ -125,6 +125,9 @@ func newProc(t testing.TB, name, bin string, args, env []string) *proc {
 		if t.Failed() {
 			p.dumpTail(40)
 		}
+		if os.Getenv("RELIABILITY_KEEP_LOGS") != "" {
+			_ = os.WriteFile(filepath.Join(os.TempDir(), "reliability-"+name+".log"), []byte(p.logText()), 0o644)
+		}
 	})
 	return p
 }
