@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
+	"golang.org/x/net/netutil"
 )
 
 // NewRegistry returns a Prometheus registry with the Go and process collectors.
@@ -83,7 +84,18 @@ func Listen(addr string, h http.Handler, log zerolog.Logger) (*Server, error) {
 }
 
 // HTTP gives access to the underlying server, to tune timeouts before Serve.
+// With HTTP().TLSConfig set, Serve speaks TLS only (its certificates come
+// from the config: Certificates or GetCertificate).
 func (s *Server) HTTP() *http.Server { return s.srv }
+
+// LimitConnections caps the connections served at once at n (before Serve):
+// the listener accepts no more until one closes, and the kernel's backlog
+// holds the rest. The timeouts above bound how long any one may hold a slot.
+func (s *Server) LimitConnections(n int) {
+	if n > 0 {
+		s.ln = netutil.LimitListener(s.ln, n)
+	}
+}
 
 // Addr is the bound address.
 func (s *Server) Addr() string { return s.ln.Addr().String() }
@@ -91,7 +103,13 @@ func (s *Server) Addr() string { return s.ln.Addr().String() }
 // Serve runs until ctx ends, then shuts down gracefully within grace.
 func (s *Server) Serve(ctx context.Context, grace time.Duration) error {
 	errc := make(chan error, 1)
-	go func() { errc <- s.srv.Serve(s.ln) }()
+	go func() {
+		if s.srv.TLSConfig != nil {
+			errc <- s.srv.ServeTLS(s.ln, "", "")
+			return
+		}
+		errc <- s.srv.Serve(s.ln)
+	}()
 	select {
 	case err := <-errc:
 		return err
