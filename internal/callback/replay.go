@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -16,7 +15,6 @@ import (
 	"github.com/esim-pipeline/thingspace-esim/internal/broker"
 	"github.com/esim-pipeline/thingspace-esim/internal/correlation"
 	"github.com/esim-pipeline/thingspace-esim/internal/status"
-	"github.com/esim-pipeline/thingspace-esim/internal/thingspace"
 )
 
 // ReplayOptions choose the stored callbacks a replay re-runs.
@@ -103,8 +101,7 @@ func Replay(ctx context.Context, js jetstream.JetStream, opts ReplayOptions, log
 		}
 		items := []rawCallback{{Body: msg.Data()}}
 		if n := msg.Headers().Get(HeaderBatch); n != "" {
-			want, _ := strconv.Atoi(n)
-			if items, err = decodeBatch(msg.Data(), want); err != nil {
+			if items, err = decodeBatch(msg.Data(), n); err != nil {
 				st.Callbacks++
 				st.Unparseable++
 				items = nil
@@ -127,7 +124,7 @@ func Replay(ctx context.Context, js jetstream.JetStream, opts ReplayOptions, log
 }
 
 func (f *fanout) replayOne(ctx context.Context, body []byte, received time.Time, seen map[string]map[string]bool, dry bool, st *ReplayStats) error {
-	cb, err := thingspace.ParseCallback(body)
+	cb, err := parseCallback(body)
 	if err != nil {
 		st.Unparseable++
 		return nil

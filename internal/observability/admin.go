@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	stdlog "log"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -79,8 +81,24 @@ func Listen(addr string, h http.Handler, log zerolog.Logger) (*Server, error) {
 			WriteTimeout:      30 * time.Second,
 			IdleTimeout:       120 * time.Second,
 			MaxHeaderBytes:    64 << 10,
+			ErrorLog:          stdlog.New(serverErrors{log}, "", 0),
 		},
 	}, nil
+}
+
+// serverErrors turns net/http's own error lines into log lines of log:
+// failed TLS handshakes (scanners, plain HTTP on an HTTPS port) at Debug,
+// anything else at Warn.
+type serverErrors struct{ log zerolog.Logger }
+
+func (e serverErrors) Write(p []byte) (int, error) {
+	msg := strings.TrimSpace(string(p))
+	ev := e.log.Warn()
+	if strings.Contains(msg, "TLS handshake error") {
+		ev = e.log.Debug()
+	}
+	ev.Str(FieldReason, msg).Msg("http server")
+	return len(p), nil
 }
 
 // HTTP gives access to the underlying server, to tune timeouts before Serve.
