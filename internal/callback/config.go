@@ -16,7 +16,7 @@ import (
 // [Config.Declare] and config.Set.Parse, or fill it in code (tests, the dev
 // stack); zero values take the defaults written on each field.
 type Config struct {
-	// NATS is NATS_URL and NATS_CREDS.
+	// NATS is NATS_URL, NATS_CREDS and NATS_TLS_CA/CERT/KEY.
 	NATS config.NATS
 	// LogLevel is LOG_LEVEL; cmd uses it to build the logger.
 	LogLevel string
@@ -172,6 +172,9 @@ func (c Config) Validate() error {
 		if _, _, err := net.SplitHostPort(v); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %q is not host:port: %w", env, v, err))
 		}
+	}
+	if err := c.NATS.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	addr("LISTEN_ADDR", c.ListenAddr)
 	addr("METRICS_ADDR", c.MetricsAddr)
