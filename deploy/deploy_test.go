@@ -305,7 +305,7 @@ func hostOf(t *testing.T, raw string) string {
 // ---------------------------------------------------------------- nats
 
 func TestNATSConfigs(t *testing.T) {
-	files, err := filepath.Glob(filepath.Join("nats", "*.conf"))
+	files, err := filepath.Glob(filepath.Join("nats", "nats-*.conf"))
 	require.NoError(t, err)
 	require.Len(t, files, 3)
 	names := map[string]bool{}
