@@ -19,7 +19,6 @@ import (
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
 	"github.com/moby/patternmatcher"
 	"github.com/moby/patternmatcher/ignorefile"
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/stretchr/testify/require"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -150,16 +149,26 @@ func TestComposeStack(t *testing.T) {
 		for _, svc := range nats {
 			require.True(t, strings.HasPrefix(svc.Image, "nats:2.12"), "%s image %q", svc.Name, svc.Image)
 			var conf string
+			mounted := map[string]string{} // target -> source
 			for _, v := range svc.Volumes {
-				if v.Type == types.VolumeTypeBind && strings.HasSuffix(v.Source, ".conf") {
-					require.True(t, v.ReadOnly, "%s mounts its config read-only", svc.Name)
-					require.Contains(t, strings.Join(svc.Command, " "), v.Target, "%s runs with the mounted config", svc.Name)
+				if v.Type != types.VolumeTypeBind {
+					continue
+				}
+				require.True(t, v.ReadOnly, "%s mounts %s read-only", svc.Name, v.Source)
+				mounted[v.Target] = v.Source
+				if strings.Contains(strings.Join(svc.Command, " "), v.Target) {
 					conf = v.Source
 				}
 			}
-			require.NotEmpty(t, conf, "%s mounts a config from deploy/nats", svc.Name)
-			opts, err := server.ProcessConfigFile(conf)
-			require.NoError(t, err, conf)
+			require.NotEmpty(t, conf, "%s mounts a config from deploy/nats and runs with it", svc.Name)
+			for _, f := range []string{"accounts.conf", "permissions.conf"} {
+				require.Equal(t, filepath.Join(filepath.Dir(conf), f), mounted["/etc/nats/"+f], "%s mounts %s beside its config", svc.Name, f)
+			}
+			require.Equal(t, devCertDir(t), mounted["/etc/nats/certs"], "%s mounts the dev certificates", svc.Name)
+			for k := range natsPasswords {
+				require.Contains(t, svc.Environment, k, "%s reads %s for accounts.conf", svc.Name, k)
+			}
+			opts := processNATSConf(t, conf)
 			require.True(t, opts.JetStream, "%s: JetStream on", conf)
 			require.True(t, opts.SyncAlways, "%s: sync_interval always", conf)
 			require.Len(t, opts.Routes, 3, conf)
@@ -191,6 +200,7 @@ func TestComposeStack(t *testing.T) {
 			require.Empty(t, unknownVariables(dispatcher, env), "%s sets variables the dispatcher does not read", svc.Name)
 			require.Len(t, natsURLs(t, env["NATS_URL"]), 3, "%s NATS_URL lists the cluster", svc.Name)
 			require.ElementsMatch(t, []string{"nats-1:4222", "nats-2:4222", "nats-3:4222"}, natsURLs(t, env["NATS_URL"]))
+			requireNATSClient(t, p, svc, env, "dispatcher")
 			require.Equal(t, "3", env["STREAM_REPLICAS"], svc.Name)
 			require.Equal(t, "http://thingspace-sim:8090", env["THINGSPACE_BASE_URL"], svc.Name)
 			for _, k := range []string{"THINGSPACE_CLIENT_ID", "THINGSPACE_CLIENT_SECRET", "THINGSPACE_USERNAME", "THINGSPACE_PASSWORD"} {
@@ -228,7 +238,7 @@ func TestComposeStack(t *testing.T) {
 		// The balancer's config names both ingests' callback listener.
 		var conf string
 		for _, v := range lb.Volumes {
-			if v.Type == types.VolumeTypeBind {
+			if v.Type == types.VolumeTypeBind && strings.HasSuffix(v.Source, ".conf") {
 				conf = v.Source
 			}
 		}
@@ -240,6 +250,9 @@ func TestComposeStack(t *testing.T) {
 			require.Empty(t, unknownVariables(ingest, env), "%s sets variables callback-ingest does not read", svc.Name)
 			require.Empty(t, svc.Ports, "%s publishes nothing itself", svc.Name)
 			require.ElementsMatch(t, []string{"nats-1:4222", "nats-2:4222", "nats-3:4222"}, natsURLs(t, env["NATS_URL"]))
+			requireNATSClient(t, p, svc, env, "callback-ingest")
+			require.Equal(t, "/etc/pipeline/certs/callback-ingest-https.pem", env["TLS_CERT_FILE"], "%s serves HTTPS", svc.Name)
+			require.Equal(t, "/etc/pipeline/certs/callback-ingest-https-key.pem", env["TLS_KEY_FILE"], svc.Name)
 			require.Equal(t, "3", env["STREAM_REPLICAS"], svc.Name)
 			require.NotEmpty(t, env["CALLBACK_USERNAME"], svc.Name)
 			require.NotEmpty(t, env["CALLBACK_PASSWORD"], svc.Name)
@@ -256,6 +269,13 @@ func TestComposeStack(t *testing.T) {
 			require.Equal(t, env["CALLBACK_PASSWORD"], composeEnv(p.Services["dispatcher-1"])["CALLBACK_PASSWORD"])
 		}
 		require.Equal(t, lb.Name, hostOf(t, composeEnv(p.Services["dispatcher-1"])["CALLBACK_URL"]), "dispatchers register the balancer")
+		cb, err := url.Parse(composeEnv(p.Services["dispatcher-1"])["CALLBACK_URL"])
+		require.NoError(t, err)
+		require.Equal(t, "https", cb.Scheme, "callbacks are registered on HTTPS")
+		require.Len(t, lb.Ports, 1)
+		require.Equal(t, cb.Port(), lb.Ports[0].Published, "the published port is the registered one")
+		require.Equal(t, cb.Port(), fmt.Sprint(lb.Ports[0].Target))
+		requireNginxTLS(t, string(b), cb.Port())
 		require.NotNil(t, lb.HealthCheck)
 	})
 
@@ -310,8 +330,7 @@ func TestNATSConfigs(t *testing.T) {
 	require.Len(t, files, 3)
 	names := map[string]bool{}
 	for _, f := range files {
-		opts, err := server.ProcessConfigFile(f)
-		require.NoError(t, err, f)
+		opts := processNATSConf(t, f)
 		require.True(t, opts.JetStream, "%s: jetstream on", f)
 		require.True(t, opts.SyncAlways, "%s: sync_interval always", f)
 		require.NotEmpty(t, opts.StoreDir, "%s: a store dir", f)
