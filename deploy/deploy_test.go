@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -20,8 +21,10 @@ import (
 	"github.com/moby/patternmatcher"
 	"github.com/moby/patternmatcher/ignorefile"
 	"github.com/stretchr/testify/require"
+	cmv1 "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8syaml "k8s.io/apimachinery/pkg/util/yaml"
@@ -454,6 +457,9 @@ type manifests struct {
 	secrets     map[string]*corev1.Secret
 	pdbs        map[string]*policyv1.PodDisruptionBudget
 	namespaces  map[string]*corev1.Namespace
+	ingresses   map[string]*networkingv1.Ingress
+	certs       map[string]*cmv1.Certificate // by secret name
+	issuers     map[string]*cmv1.ClusterIssuer
 	files       map[string]bool // files holding at least one object
 }
 
@@ -466,13 +472,22 @@ func decode(t *testing.T, file string, doc []byte, into any) {
 
 func loadManifests(t *testing.T) manifests {
 	t.Helper()
+	return loadManifestsIn(t, "kubernetes")
+}
+
+// loadManifestsIn decodes every object of dir's *.yaml files but its
+// kustomization.
+func loadManifestsIn(t *testing.T, dir string) manifests {
+	t.Helper()
 	m := manifests{
 		deployments: map[string]*appsv1.Deployment{}, services: map[string]*corev1.Service{},
 		configMaps: map[string]*corev1.ConfigMap{}, secrets: map[string]*corev1.Secret{},
 		pdbs: map[string]*policyv1.PodDisruptionBudget{}, namespaces: map[string]*corev1.Namespace{},
-		files: map[string]bool{},
+		ingresses: map[string]*networkingv1.Ingress{}, certs: map[string]*cmv1.Certificate{},
+		issuers: map[string]*cmv1.ClusterIssuer{},
+		files:   map[string]bool{},
 	}
-	files, err := filepath.Glob(filepath.Join("kubernetes", "*.yaml"))
+	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
 	require.NoError(t, err)
 	require.NotEmpty(t, files)
 	for _, file := range files {
@@ -520,6 +535,19 @@ func loadManifests(t *testing.T) manifests {
 				var n corev1.Namespace
 				decode(t, file, doc, &n)
 				m.namespaces[n.Name] = &n
+			case "networking.k8s.io/v1 Ingress":
+				var in networkingv1.Ingress
+				decode(t, file, doc, &in)
+				m.ingresses[in.Name] = &in
+			case "cert-manager.io/v1 Certificate":
+				var c cmv1.Certificate
+				decode(t, file, doc, &c)
+				require.NotContains(t, m.certs, c.Spec.SecretName, "%s: two Certificates keep Secret %s", file, c.Spec.SecretName)
+				m.certs[c.Spec.SecretName] = &c
+			case "cert-manager.io/v1 ClusterIssuer":
+				var ci cmv1.ClusterIssuer
+				decode(t, file, doc, &ci)
+				m.issuers[ci.Name] = &ci
 			default:
 				t.Fatalf("%s: unexpected object %s", file, key)
 			}
@@ -556,7 +584,13 @@ func containerEnv(t *testing.T, m manifests, c corev1.Container) (env map[string
 	for _, e := range c.Env {
 		switch {
 		case e.ValueFrom == nil:
-			env[e.Name] = e.Value
+			// The kubelet expands $(VAR) of variables defined before.
+			env[e.Name] = dependentVar.ReplaceAllStringFunc(e.Value, func(ref string) string {
+				if v, ok := env[ref[2:len(ref)-1]]; ok {
+					return v
+				}
+				return ref
+			})
 		case e.ValueFrom.SecretKeyRef != nil:
 			ref := e.ValueFrom.SecretKeyRef
 			s, ok := m.secrets[ref.Name]
@@ -574,6 +608,8 @@ func containerEnv(t *testing.T, m manifests, c corev1.Container) (env map[string
 	return env, fromSecret
 }
 
+var dependentVar = regexp.MustCompile(`\$\([A-Za-z_][A-Za-z0-9_]*\)`)
+
 func TestKubernetesManifests(t *testing.T) {
 	m := loadManifests(t)
 
@@ -581,8 +617,8 @@ func TestKubernetesManifests(t *testing.T) {
 		p       program
 		secrets []string
 	}{
-		"dispatcher":      {dispatcherProgram(), []string{"THINGSPACE_CLIENT_SECRET", "THINGSPACE_PASSWORD", "CALLBACK_PASSWORD"}},
-		"callback-ingest": {callbackProgram(), []string{"CALLBACK_PASSWORD"}},
+		"dispatcher":      {dispatcherProgram(), []string{"THINGSPACE_CLIENT_SECRET", "THINGSPACE_PASSWORD", "CALLBACK_PASSWORD", "NATS_PASSWORD"}},
+		"callback-ingest": {callbackProgram(), []string{"CALLBACK_PASSWORD", "NATS_PASSWORD"}},
 	}
 	require.Len(t, m.deployments, len(programs), "the two services, and no simulator")
 	for name, want := range programs {
@@ -628,6 +664,8 @@ func TestKubernetesManifests(t *testing.T) {
 				}
 			}
 			require.Empty(t, unknownVariables(want.p, env, "GOMEMLIMIT",
+				// Put into NATS_URL by the kubelet ($(NATS_PASSWORD)).
+				"NATS_PASSWORD",
 				// The shared ConfigMap serves both services.
 				"THINGSPACE_BASE_URL", "THINGSPACE_CLIENT_ID", "THINGSPACE_USERNAME", "THINGSPACE_RATE",
 				"BATCH_MAX_DEVICES", "BATCH_MAX_WAIT", "CALLBACK_DEADLINE", "CALLBACK_URL"),
@@ -656,8 +694,19 @@ func TestKubernetesManifests(t *testing.T) {
 			if name == "callback-ingest" {
 				_, listen, err := splitAddr(env["LISTEN_ADDR"])
 				require.NoError(t, err)
-				require.Equal(t, listen, fmt.Sprint(ports["http"]), "the http port is LISTEN_ADDR")
+				require.Equal(t, listen, fmt.Sprint(ports["https"]), "the https port is LISTEN_ADDR")
+				requireMountedCert(t, m, pod, c, env["TLS_CERT_FILE"], env["TLS_KEY_FILE"], "", cmv1.UsageServerAuth)
 			}
+			// NATS: the program's own user, mutual TLS with its own certificate.
+			for _, raw := range strings.Split(env["NATS_URL"], ",") {
+				u, err := url.Parse(raw)
+				require.NoError(t, err)
+				require.NotNil(t, u.User, "NATS_URL names the user")
+				require.Equal(t, name, u.User.Username())
+				pw, _ := u.User.Password()
+				require.Equal(t, "replace-me", pw, "the password comes from the Secret through $(NATS_PASSWORD)")
+			}
+			requireMountedCert(t, m, pod, c, env["NATS_TLS_CERT"], env["NATS_TLS_KEY"], env["NATS_TLS_CA"], cmv1.UsageClientAuth)
 
 			// Its Services reach the pods, and the public one never the admin port.
 			var svcs int
@@ -742,9 +791,13 @@ func TestHelmNATSValues(t *testing.T) {
 	require.NoError(t, err)
 	var v struct {
 		Config struct {
+			Nats struct {
+				TLS helmTLS `json:"tls"`
+			} `json:"nats"`
 			Cluster struct {
-				Enabled  bool `json:"enabled"`
-				Replicas int  `json:"replicas"`
+				Enabled  bool    `json:"enabled"`
+				Replicas int     `json:"replicas"`
+				TLS      helmTLS `json:"tls"`
 			} `json:"cluster"`
 			JetStream struct {
 				Enabled   bool `json:"enabled"`
@@ -767,8 +820,22 @@ func TestHelmNATSValues(t *testing.T) {
 			} `json:"monitor"`
 			Merge map[string]any `json:"merge"`
 		} `json:"config"`
+		TLSCA struct {
+			Enabled    bool   `json:"enabled"`
+			SecretName string `json:"secretName"`
+			Key        string `json:"key"`
+		} `json:"tlsCA"`
+		Container struct {
+			Env   map[string]helmEnv `json:"env"`
+			Patch []helmPatch                    `json:"patch"`
+		} `json:"container"`
+		PodTemplate struct {
+			Patch []helmPatch `json:"patch"`
+		} `json:"podTemplate"`
 	}
 	require.NoError(t, yaml.UnmarshalStrict(b, &v))
+	requireHelmSecurity(t, v.Config.Nats.TLS, v.Config.Cluster.TLS, v.Config.Merge, v.TLSCA.Enabled, v.TLSCA.SecretName, v.TLSCA.Key,
+		v.Container.Env, v.Container.Patch, v.PodTemplate.Patch)
 	c := v.Config
 	require.True(t, c.Cluster.Enabled)
 	require.Equal(t, 3, c.Cluster.Replicas)
@@ -779,11 +846,14 @@ func TestHelmNATSValues(t *testing.T) {
 	require.Equal(t, "always", c.JetStream.Merge["sync_interval"])
 	require.EqualValues(t, 2<<20, c.Merge["max_payload"])
 
-	// The ConfigMap's NATS_URL names the chart's three pods.
+	// Each Deployment's NATS_URL names the chart's three pods.
 	m := loadManifests(t)
-	urls := natsURLs(t, m.configMaps["thingspace-esim"].Data["NATS_URL"])
-	require.Len(t, urls, c.Cluster.Replicas)
-	for i, u := range urls {
-		require.Equal(t, fmt.Sprintf("nats-%d.nats-headless.nats.svc.cluster.local:4222", i), u)
+	for name, d := range m.deployments {
+		env, _ := containerEnv(t, m, d.Spec.Template.Spec.Containers[0])
+		urls := natsURLs(t, env["NATS_URL"])
+		require.Len(t, urls, c.Cluster.Replicas, name)
+		for i, u := range urls {
+			require.Equal(t, fmt.Sprintf("nats-%d.nats-headless.nats.svc.cluster.local:4222", i), u, name)
+		}
 	}
 }
