@@ -31,12 +31,14 @@ const maxScanDepth = 64
 func scanMembers(body []byte, f func(depth int, key []byte, memberStart, valueStart int) int) {
 	var stack [maxScanDepth]byte // '{' or '[' of each open container we track
 	depth := 0                   // containers open, tracked or not
-	expectKey := false           // the next string in the innermost object is a key
 	for i := 0; i < len(body); {
 		switch c := body[i]; c {
 		case '"':
 			end := stringEnd(body, i)
-			if !expectKey || depth == 0 || depth > maxScanDepth || stack[depth-1] != '{' {
+			// In an object, a string followed by ':' is a key: in valid
+			// JSON only keys are, and in broken JSON (a comma missing) it
+			// is where a decoder would have looked for one.
+			if depth == 0 || depth > maxScanDepth || stack[depth-1] != '{' {
 				i = end
 				continue
 			}
@@ -45,7 +47,6 @@ func scanMembers(body []byte, f func(depth int, key []byte, memberStart, valueSt
 				i = end
 				continue
 			}
-			expectKey = false
 			key := body[i+1 : max(end-1, i+1)]
 			if next := f(depth, key, i, skipSpace(body, j+1)); next >= 0 {
 				i = next
@@ -58,14 +59,10 @@ func scanMembers(body []byte, f func(depth int, key []byte, memberStart, valueSt
 				stack[depth] = c
 			}
 			depth++
-			expectKey = c == '{'
 		case '}', ']':
 			if depth > 0 {
 				depth--
 			}
-			expectKey = false
-		case ',':
-			expectKey = depth > 0 && depth <= maxScanDepth && stack[depth-1] == '{'
 		}
 		i++
 	}
@@ -196,10 +193,45 @@ func jsonString(tok []byte) (string, bool) {
 // received. Text that is not valid JSON is cleaned as far as it can be
 // read: a credential whose value is not closed is cut to the end.
 func stripCredentials(body []byte) []byte {
+	// A valid body is clean after one pass. Broken text can hide a member
+	// behind another (a fragment that becomes a key once its neighbour is
+	// cut): a few more passes, then whatever still reads as a credential
+	// is cut off with everything after it.
+	for range 4 {
+		n := len(body)
+		if body = stripOnce(body); len(body) == n {
+			return body
+		}
+	}
+	if at := firstCredential(body); at >= 0 {
+		body = body[:at]
+	}
+	return body
+}
+
+func isCredentialKey(key []byte) bool {
+	return keyIs(key, keyUsername) || keyIs(key, keyPassword) || keyIs(key, keyDeviceCredential)
+}
+
+// firstCredential is where the first credential member starts, or -1.
+func firstCredential(body []byte) int {
+	at := -1
+	scanMembers(body, func(_ int, key []byte, memberStart, _ int) int {
+		if isCredentialKey(key) {
+			at = memberStart
+			return len(body)
+		}
+		return -1
+	})
+	return at
+}
+
+// stripOnce is one pass of stripCredentials.
+func stripOnce(body []byte) []byte {
 	var spans [8][2]int
 	cut := spans[:0] // ascending, merged
 	scanMembers(body, func(_ int, key []byte, memberStart, valueStart int) int {
-		if !keyIs(key, keyUsername) && !keyIs(key, keyPassword) && !keyIs(key, keyDeviceCredential) {
+		if !isCredentialKey(key) {
 			return -1
 		}
 		vEnd := valueEnd(body, valueStart)
@@ -249,14 +281,4 @@ func stripCredentials(body []byte) []byte {
 }
 
 // hasCredentials reports whether body still names a credential member.
-func hasCredentials(body []byte) bool {
-	found := false
-	scanMembers(body, func(_ int, key []byte, _, _ int) int {
-		if keyIs(key, keyUsername) || keyIs(key, keyPassword) || keyIs(key, keyDeviceCredential) {
-			found = true
-			return len(body)
-		}
-		return -1
-	})
-	return found
-}
+func hasCredentials(body []byte) bool { return firstCredential(body) >= 0 }

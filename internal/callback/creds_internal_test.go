@@ -62,7 +62,8 @@ func TestBodyCredentialsReadsTheTopLevelOnly(t *testing.T) {
 }
 
 // FuzzStripCredentials: for any body, stripping never panics, never grows
-// the body, leaves no credential member the scanner can find, and a body
+// the body, leaves no credential member the scanner can find (broken JSON
+// included), and a body
 // that parsed as a callback before parses after to the same callback, its
 // credentials aside.
 func FuzzStripCredentials(f *testing.F) {
@@ -81,7 +82,7 @@ func FuzzStripCredentials(f *testing.F) {
 		if len(out) > len(in) {
 			t.Fatalf("stripping grew the body from %d to %d bytes", len(in), len(out))
 		}
-		if json.Valid(in) && hasCredentials(out) {
+		if hasCredentials(out) {
 			t.Fatalf("credentials left in %q (from %q)", out, in)
 		}
 		if beforeErr != nil {
