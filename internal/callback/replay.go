@@ -123,6 +123,10 @@ func Replay(ctx context.Context, js jetstream.JetStream, opts ReplayOptions, log
 	}
 }
 
+// maxReplaySubjects bounds what a replay remembers of the status stream: the
+// eventIds of this many subjects (devices), whatever the callback stream holds.
+const maxReplaySubjects = 100_000
+
 func (f *fanout) replayOne(ctx context.Context, body []byte, received time.Time, seen map[string]map[string]bool, dry bool, st *ReplayStats) error {
 	cb, err := parseCallback(body)
 	if err != nil {
@@ -145,6 +149,9 @@ func (f *fanout) replayOne(ctx context.Context, body []byte, received time.Time,
 	subject := ev.Subject()
 	ids, ok := seen[subject]
 	if !ok {
+		if len(seen) >= maxReplaySubjects {
+			clear(seen) // a subject met again is read again: slower, never wrong
+		}
 		if ids, err = f.eventIDs(ctx, subject); err != nil {
 			return err
 		}
