@@ -15,8 +15,11 @@ test: lint
 	go test $(GO_TEST_FLAGS) ./...
 
 ## test-chaos: the reliability tests (real processes killed with SIGKILL, a
-## cluster losing a leader, fault storms, hostile requests, a secrets scan),
-## then each fuzz target briefly. No -race: the services under test run as
+## cluster losing a leader, fault storms, hostile requests and values, a
+## secrets scan of logs and streams), then each fuzz target briefly: the
+## command decoders, the callback parsers, the credential stripper and the
+## ingest's HTTP handler as a whole (FuzzIntake: a running ingest on
+## embedded NATS). No -race: the services under test run as
 ## separate binaries, and their packages already run with -race in `make test`.
 ## The fuzz budgets are counts of inputs, not durations: Go 1.26's fuzzing
 ## coordinator can fail a duration budget with "context deadline exceeded"
@@ -26,6 +29,10 @@ test-chaos:
 	go test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime 150000x ./internal/command
 	go test -run '^$$' -fuzz '^FuzzParseCallback$$' -fuzztime 200000x ./internal/thingspace
 	go test -run '^$$' -fuzz '^FuzzDecodeDoc$$' -fuzztime 200000x ./internal/command
+	go test -run '^$$' -fuzz '^FuzzFastDecode$$' -fuzztime 150000x ./internal/command
+	go test -run '^$$' -fuzz '^FuzzPlainMatchesTolerant$$' -fuzztime 200000x ./internal/thingspace
+	go test -run '^$$' -fuzz '^FuzzStripCredentials$$' -fuzztime 200000x ./internal/callback
+	go test -run '^$$' -fuzz '^FuzzIntake$$' -fuzztime 20000x ./internal/callback
 
 test-short:
 	go test -short -count=1 ./...

@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -19,10 +20,11 @@ import (
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
 	"github.com/moby/patternmatcher"
 	"github.com/moby/patternmatcher/ignorefile"
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/stretchr/testify/require"
+	cmv1 "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8syaml "k8s.io/apimachinery/pkg/util/yaml"
@@ -150,16 +152,26 @@ func TestComposeStack(t *testing.T) {
 		for _, svc := range nats {
 			require.True(t, strings.HasPrefix(svc.Image, "nats:2.12"), "%s image %q", svc.Name, svc.Image)
 			var conf string
+			mounted := map[string]string{} // target -> source
 			for _, v := range svc.Volumes {
-				if v.Type == types.VolumeTypeBind && strings.HasSuffix(v.Source, ".conf") {
-					require.True(t, v.ReadOnly, "%s mounts its config read-only", svc.Name)
-					require.Contains(t, strings.Join(svc.Command, " "), v.Target, "%s runs with the mounted config", svc.Name)
+				if v.Type != types.VolumeTypeBind {
+					continue
+				}
+				require.True(t, v.ReadOnly, "%s mounts %s read-only", svc.Name, v.Source)
+				mounted[v.Target] = v.Source
+				if strings.Contains(strings.Join(svc.Command, " "), v.Target) {
 					conf = v.Source
 				}
 			}
-			require.NotEmpty(t, conf, "%s mounts a config from deploy/nats", svc.Name)
-			opts, err := server.ProcessConfigFile(conf)
-			require.NoError(t, err, conf)
+			require.NotEmpty(t, conf, "%s mounts a config from deploy/nats and runs with it", svc.Name)
+			for _, f := range []string{"accounts.conf", "permissions.conf"} {
+				require.Equal(t, filepath.Join(filepath.Dir(conf), f), mounted["/etc/nats/"+f], "%s mounts %s beside its config", svc.Name, f)
+			}
+			require.Equal(t, devCertDir(t), mounted["/etc/nats/certs"], "%s mounts the dev certificates", svc.Name)
+			for k := range natsPasswords {
+				require.Contains(t, svc.Environment, k, "%s reads %s for accounts.conf", svc.Name, k)
+			}
+			opts := processNATSConf(t, conf)
 			require.True(t, opts.JetStream, "%s: JetStream on", conf)
 			require.True(t, opts.SyncAlways, "%s: sync_interval always", conf)
 			require.Len(t, opts.Routes, 3, conf)
@@ -191,6 +203,7 @@ func TestComposeStack(t *testing.T) {
 			require.Empty(t, unknownVariables(dispatcher, env), "%s sets variables the dispatcher does not read", svc.Name)
 			require.Len(t, natsURLs(t, env["NATS_URL"]), 3, "%s NATS_URL lists the cluster", svc.Name)
 			require.ElementsMatch(t, []string{"nats-1:4222", "nats-2:4222", "nats-3:4222"}, natsURLs(t, env["NATS_URL"]))
+			requireNATSClient(t, p, svc, env, "dispatcher")
 			require.Equal(t, "3", env["STREAM_REPLICAS"], svc.Name)
 			require.Equal(t, "http://thingspace-sim:8090", env["THINGSPACE_BASE_URL"], svc.Name)
 			for _, k := range []string{"THINGSPACE_CLIENT_ID", "THINGSPACE_CLIENT_SECRET", "THINGSPACE_USERNAME", "THINGSPACE_PASSWORD"} {
@@ -228,7 +241,7 @@ func TestComposeStack(t *testing.T) {
 		// The balancer's config names both ingests' callback listener.
 		var conf string
 		for _, v := range lb.Volumes {
-			if v.Type == types.VolumeTypeBind {
+			if v.Type == types.VolumeTypeBind && strings.HasSuffix(v.Source, ".conf") {
 				conf = v.Source
 			}
 		}
@@ -240,6 +253,9 @@ func TestComposeStack(t *testing.T) {
 			require.Empty(t, unknownVariables(ingest, env), "%s sets variables callback-ingest does not read", svc.Name)
 			require.Empty(t, svc.Ports, "%s publishes nothing itself", svc.Name)
 			require.ElementsMatch(t, []string{"nats-1:4222", "nats-2:4222", "nats-3:4222"}, natsURLs(t, env["NATS_URL"]))
+			requireNATSClient(t, p, svc, env, "callback-ingest")
+			require.Equal(t, "/etc/pipeline/certs/callback-ingest-https.pem", env["TLS_CERT_FILE"], "%s serves HTTPS", svc.Name)
+			require.Equal(t, "/etc/pipeline/certs/callback-ingest-https-key.pem", env["TLS_KEY_FILE"], svc.Name)
 			require.Equal(t, "3", env["STREAM_REPLICAS"], svc.Name)
 			require.NotEmpty(t, env["CALLBACK_USERNAME"], svc.Name)
 			require.NotEmpty(t, env["CALLBACK_PASSWORD"], svc.Name)
@@ -256,6 +272,13 @@ func TestComposeStack(t *testing.T) {
 			require.Equal(t, env["CALLBACK_PASSWORD"], composeEnv(p.Services["dispatcher-1"])["CALLBACK_PASSWORD"])
 		}
 		require.Equal(t, lb.Name, hostOf(t, composeEnv(p.Services["dispatcher-1"])["CALLBACK_URL"]), "dispatchers register the balancer")
+		cb, err := url.Parse(composeEnv(p.Services["dispatcher-1"])["CALLBACK_URL"])
+		require.NoError(t, err)
+		require.Equal(t, "https", cb.Scheme, "callbacks are registered on HTTPS")
+		require.Len(t, lb.Ports, 1)
+		require.Equal(t, cb.Port(), lb.Ports[0].Published, "the published port is the registered one")
+		require.Equal(t, cb.Port(), fmt.Sprint(lb.Ports[0].Target))
+		requireNginxTLS(t, string(b), cb.Port())
 		require.NotNil(t, lb.HealthCheck)
 	})
 
@@ -305,13 +328,12 @@ func hostOf(t *testing.T, raw string) string {
 // ---------------------------------------------------------------- nats
 
 func TestNATSConfigs(t *testing.T) {
-	files, err := filepath.Glob(filepath.Join("nats", "*.conf"))
+	files, err := filepath.Glob(filepath.Join("nats", "nats-*.conf"))
 	require.NoError(t, err)
 	require.Len(t, files, 3)
 	names := map[string]bool{}
 	for _, f := range files {
-		opts, err := server.ProcessConfigFile(f)
-		require.NoError(t, err, f)
+		opts := processNATSConf(t, f)
 		require.True(t, opts.JetStream, "%s: jetstream on", f)
 		require.True(t, opts.SyncAlways, "%s: sync_interval always", f)
 		require.NotEmpty(t, opts.StoreDir, "%s: a store dir", f)
@@ -435,6 +457,9 @@ type manifests struct {
 	secrets     map[string]*corev1.Secret
 	pdbs        map[string]*policyv1.PodDisruptionBudget
 	namespaces  map[string]*corev1.Namespace
+	ingresses   map[string]*networkingv1.Ingress
+	certs       map[string]*cmv1.Certificate // by secret name
+	issuers     map[string]*cmv1.ClusterIssuer
 	files       map[string]bool // files holding at least one object
 }
 
@@ -447,13 +472,22 @@ func decode(t *testing.T, file string, doc []byte, into any) {
 
 func loadManifests(t *testing.T) manifests {
 	t.Helper()
+	return loadManifestsIn(t, "kubernetes")
+}
+
+// loadManifestsIn decodes every object of dir's *.yaml files but its
+// kustomization.
+func loadManifestsIn(t *testing.T, dir string) manifests {
+	t.Helper()
 	m := manifests{
 		deployments: map[string]*appsv1.Deployment{}, services: map[string]*corev1.Service{},
 		configMaps: map[string]*corev1.ConfigMap{}, secrets: map[string]*corev1.Secret{},
 		pdbs: map[string]*policyv1.PodDisruptionBudget{}, namespaces: map[string]*corev1.Namespace{},
-		files: map[string]bool{},
+		ingresses: map[string]*networkingv1.Ingress{}, certs: map[string]*cmv1.Certificate{},
+		issuers: map[string]*cmv1.ClusterIssuer{},
+		files:   map[string]bool{},
 	}
-	files, err := filepath.Glob(filepath.Join("kubernetes", "*.yaml"))
+	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
 	require.NoError(t, err)
 	require.NotEmpty(t, files)
 	for _, file := range files {
@@ -501,6 +535,19 @@ func loadManifests(t *testing.T) manifests {
 				var n corev1.Namespace
 				decode(t, file, doc, &n)
 				m.namespaces[n.Name] = &n
+			case "networking.k8s.io/v1 Ingress":
+				var in networkingv1.Ingress
+				decode(t, file, doc, &in)
+				m.ingresses[in.Name] = &in
+			case "cert-manager.io/v1 Certificate":
+				var c cmv1.Certificate
+				decode(t, file, doc, &c)
+				require.NotContains(t, m.certs, c.Spec.SecretName, "%s: two Certificates keep Secret %s", file, c.Spec.SecretName)
+				m.certs[c.Spec.SecretName] = &c
+			case "cert-manager.io/v1 ClusterIssuer":
+				var ci cmv1.ClusterIssuer
+				decode(t, file, doc, &ci)
+				m.issuers[ci.Name] = &ci
 			default:
 				t.Fatalf("%s: unexpected object %s", file, key)
 			}
@@ -537,7 +584,13 @@ func containerEnv(t *testing.T, m manifests, c corev1.Container) (env map[string
 	for _, e := range c.Env {
 		switch {
 		case e.ValueFrom == nil:
-			env[e.Name] = e.Value
+			// The kubelet expands $(VAR) of variables defined before.
+			env[e.Name] = dependentVar.ReplaceAllStringFunc(e.Value, func(ref string) string {
+				if v, ok := env[ref[2:len(ref)-1]]; ok {
+					return v
+				}
+				return ref
+			})
 		case e.ValueFrom.SecretKeyRef != nil:
 			ref := e.ValueFrom.SecretKeyRef
 			s, ok := m.secrets[ref.Name]
@@ -555,6 +608,8 @@ func containerEnv(t *testing.T, m manifests, c corev1.Container) (env map[string
 	return env, fromSecret
 }
 
+var dependentVar = regexp.MustCompile(`\$\([A-Za-z_][A-Za-z0-9_]*\)`)
+
 func TestKubernetesManifests(t *testing.T) {
 	m := loadManifests(t)
 
@@ -562,8 +617,8 @@ func TestKubernetesManifests(t *testing.T) {
 		p       program
 		secrets []string
 	}{
-		"dispatcher":      {dispatcherProgram(), []string{"THINGSPACE_CLIENT_SECRET", "THINGSPACE_PASSWORD", "CALLBACK_PASSWORD"}},
-		"callback-ingest": {callbackProgram(), []string{"CALLBACK_PASSWORD"}},
+		"dispatcher":      {dispatcherProgram(), []string{"THINGSPACE_CLIENT_SECRET", "THINGSPACE_PASSWORD", "CALLBACK_PASSWORD", "NATS_PASSWORD"}},
+		"callback-ingest": {callbackProgram(), []string{"CALLBACK_PASSWORD", "NATS_PASSWORD"}},
 	}
 	require.Len(t, m.deployments, len(programs), "the two services, and no simulator")
 	for name, want := range programs {
@@ -609,6 +664,8 @@ func TestKubernetesManifests(t *testing.T) {
 				}
 			}
 			require.Empty(t, unknownVariables(want.p, env, "GOMEMLIMIT",
+				// Put into NATS_URL by the kubelet ($(NATS_PASSWORD)).
+				"NATS_PASSWORD",
 				// The shared ConfigMap serves both services.
 				"THINGSPACE_BASE_URL", "THINGSPACE_CLIENT_ID", "THINGSPACE_USERNAME", "THINGSPACE_RATE",
 				"BATCH_MAX_DEVICES", "BATCH_MAX_WAIT", "CALLBACK_DEADLINE", "CALLBACK_URL"),
@@ -637,8 +694,19 @@ func TestKubernetesManifests(t *testing.T) {
 			if name == "callback-ingest" {
 				_, listen, err := splitAddr(env["LISTEN_ADDR"])
 				require.NoError(t, err)
-				require.Equal(t, listen, fmt.Sprint(ports["http"]), "the http port is LISTEN_ADDR")
+				require.Equal(t, listen, fmt.Sprint(ports["https"]), "the https port is LISTEN_ADDR")
+				requireMountedCert(t, m, pod, c, env["TLS_CERT_FILE"], env["TLS_KEY_FILE"], "", cmv1.UsageServerAuth)
 			}
+			// NATS: the program's own user, mutual TLS with its own certificate.
+			for _, raw := range strings.Split(env["NATS_URL"], ",") {
+				u, err := url.Parse(raw)
+				require.NoError(t, err)
+				require.NotNil(t, u.User, "NATS_URL names the user")
+				require.Equal(t, name, u.User.Username())
+				pw, _ := u.User.Password()
+				require.Equal(t, "replace-me", pw, "the password comes from the Secret through $(NATS_PASSWORD)")
+			}
+			requireMountedCert(t, m, pod, c, env["NATS_TLS_CERT"], env["NATS_TLS_KEY"], env["NATS_TLS_CA"], cmv1.UsageClientAuth)
 
 			// Its Services reach the pods, and the public one never the admin port.
 			var svcs int
@@ -723,9 +791,13 @@ func TestHelmNATSValues(t *testing.T) {
 	require.NoError(t, err)
 	var v struct {
 		Config struct {
+			Nats struct {
+				TLS helmTLS `json:"tls"`
+			} `json:"nats"`
 			Cluster struct {
-				Enabled  bool `json:"enabled"`
-				Replicas int  `json:"replicas"`
+				Enabled  bool    `json:"enabled"`
+				Replicas int     `json:"replicas"`
+				TLS      helmTLS `json:"tls"`
 			} `json:"cluster"`
 			JetStream struct {
 				Enabled   bool `json:"enabled"`
@@ -748,8 +820,22 @@ func TestHelmNATSValues(t *testing.T) {
 			} `json:"monitor"`
 			Merge map[string]any `json:"merge"`
 		} `json:"config"`
+		TLSCA struct {
+			Enabled    bool   `json:"enabled"`
+			SecretName string `json:"secretName"`
+			Key        string `json:"key"`
+		} `json:"tlsCA"`
+		Container struct {
+			Env   map[string]helmEnv `json:"env"`
+			Patch []helmPatch                    `json:"patch"`
+		} `json:"container"`
+		PodTemplate struct {
+			Patch []helmPatch `json:"patch"`
+		} `json:"podTemplate"`
 	}
 	require.NoError(t, yaml.UnmarshalStrict(b, &v))
+	requireHelmSecurity(t, v.Config.Nats.TLS, v.Config.Cluster.TLS, v.Config.Merge, v.TLSCA.Enabled, v.TLSCA.SecretName, v.TLSCA.Key,
+		v.Container.Env, v.Container.Patch, v.PodTemplate.Patch)
 	c := v.Config
 	require.True(t, c.Cluster.Enabled)
 	require.Equal(t, 3, c.Cluster.Replicas)
@@ -760,11 +846,14 @@ func TestHelmNATSValues(t *testing.T) {
 	require.Equal(t, "always", c.JetStream.Merge["sync_interval"])
 	require.EqualValues(t, 2<<20, c.Merge["max_payload"])
 
-	// The ConfigMap's NATS_URL names the chart's three pods.
+	// Each Deployment's NATS_URL names the chart's three pods.
 	m := loadManifests(t)
-	urls := natsURLs(t, m.configMaps["thingspace-esim"].Data["NATS_URL"])
-	require.Len(t, urls, c.Cluster.Replicas)
-	for i, u := range urls {
-		require.Equal(t, fmt.Sprintf("nats-%d.nats-headless.nats.svc.cluster.local:4222", i), u)
+	for name, d := range m.deployments {
+		env, _ := containerEnv(t, m, d.Spec.Template.Spec.Containers[0])
+		urls := natsURLs(t, env["NATS_URL"])
+		require.Len(t, urls, c.Cluster.Replicas, name)
+		for i, u := range urls {
+			require.Equal(t, fmt.Sprintf("nats-%d.nats-headless.nats.svc.cluster.local:4222", i), u, name)
+		}
 	}
 }

@@ -56,6 +56,11 @@ func TestBadSettingStopsWithOneLineNamingIt(t *testing.T) {
 		{name: "listen_addr_without_port", env: map[string]string{"LISTEN_ADDR": "localhost"}, want: "LISTEN_ADDR"},
 		{name: "grace_not_a_duration", env: map[string]string{"CORRELATION_GRACE": "soon"}, want: "CORRELATION_GRACE"},
 		{name: "no_workers", env: map[string]string{"FANOUT_WORKERS": "-1"}, want: "FANOUT_WORKERS"},
+		{name: "tls_cert_without_key", env: map[string]string{"TLS_CERT_FILE": "/etc/tls/tls.crt"}, want: "TLS_KEY_FILE"},
+		{name: "tls_cert_file_missing", env: map[string]string{"TLS_CERT_FILE": "/nonexistent/tls.crt", "TLS_KEY_FILE": "/nonexistent/tls.key"}, want: "TLS_CERT_FILE"},
+		{name: "nats_client_cert_without_key", env: map[string]string{"NATS_TLS_CERT": "/etc/nats/client.pem"}, want: "NATS_TLS_KEY"},
+		{name: "nats_url_with_two_identities", env: map[string]string{"NATS_URL": "nats://a:s3cret-value@h1,nats://b:x@h2"}, want: "NATS_URL"},
+		{name: "no_connections", env: map[string]string{"MAX_CONNECTIONS": "-1"}, want: "MAX_CONNECTIONS"},
 		{name: "admin_on_the_callback_port", env: map[string]string{"LISTEN_ADDR": ":9000", "METRICS_ADDR": ":9000"}, want: "METRICS_ADDR"},
 	}
 	for _, tc := range tests {
@@ -81,7 +86,8 @@ func TestHelpListsEverySetting(t *testing.T) {
 	require.Error(t, err)
 	for _, v := range []string{"NATS_URL", "NATS_CREDS", "LOG_LEVEL", "LISTEN_ADDR", "CALLBACK_USERNAME", "CALLBACK_PASSWORD",
 		"METRICS_ADDR", "STREAM_REPLICAS", "CORRELATION_GRACE", "FANOUT_WORKERS", "FANOUT_RETRY_DELAY",
-		"FANOUT_MAX_ACK_PENDING", "RECORD_CACHE", "STORE_TIMEOUT", "SHUTDOWN_GRACE"} {
+		"FANOUT_MAX_ACK_PENDING", "RECORD_CACHE", "STORE_TIMEOUT", "SHUTDOWN_GRACE",
+		"TLS_CERT_FILE", "TLS_KEY_FILE", "MAX_CONNECTIONS", "NATS_TLS_CA", "NATS_TLS_CERT", "NATS_TLS_KEY"} {
 		assert.Contains(t, out.String(), "("+v+")")
 	}
 	assert.Contains(t, out.String(), ":8080")
@@ -90,6 +96,12 @@ func TestHelpListsEverySetting(t *testing.T) {
 	cmd := asProgram(t, context.Background(), nil, "--help")
 	cmd.Stdout = &bytes.Buffer{}
 	assert.NoError(t, cmd.Run(), "--help exits 0")
+
+	out.Reset()
+	require.Error(t, run(context.Background(), []string{"replay", "--help"}, func(string) string { return "" }, &out))
+	for _, v := range []string{"NATS_URL", "NATS_CREDS", "NATS_TLS_CA", "NATS_TLS_CERT", "NATS_TLS_KEY", "REPLAY_SINCE"} {
+		assert.Contains(t, out.String(), "("+v+")", "replay --help")
+	}
 }
 
 func TestSIGTERMStopsGracefullyWithExitZero(t *testing.T) {
@@ -132,4 +144,59 @@ func TestSIGTERMStopsGracefullyWithExitZero(t *testing.T) {
 	assert.Contains(t, logged.String(), `"CALLBACK_PASSWORD":"[redacted]"`, "config logged at start, secret masked")
 	assert.NotContains(t, logged.String(), "s3cret-value")
 	assert.Contains(t, logged.String(), `"message":"stopped"`)
+}
+
+// TestANATSURLPasswordIsNeverLogged runs the program against a server with
+// the deployments' users and mutual TLS, its password in NATS_URL: it
+// connects and gets ready, and the password is in no line it writes; the
+// start-up config line shows the URL without it.
+func TestANATSURLPasswordIsNeverLogged(t *testing.T) {
+	const pw = "MARKER-url-password-5e1d"
+	for _, k := range []string{"NATS_DISPATCHER_PASSWORD", "NATS_ESIMCTL_PASSWORD", "NATS_OPERATOR_PASSWORD", "NATS_SYS_PASSWORD"} {
+		t.Setenv(k, "unused-"+k)
+	}
+	t.Setenv("NATS_INGEST_PASSWORD", pw)
+	ca := natstest.NewCA(t)
+	ns := natstest.Run(t, natstest.WithTLS(t, ca, true), natstest.WithAccounts(t, "../../deploy/nats/accounts.conf"))
+	client := ca.Client("callback-ingest")
+	host := strings.TrimPrefix(ns.URL(), "nats://")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := asProgram(t, ctx, map[string]string{
+		"NATS_URL":    "nats://callback-ingest:" + pw + "@" + host,
+		"NATS_TLS_CA": ca.CertFile, "NATS_TLS_CERT": client.CertFile, "NATS_TLS_KEY": client.KeyFile,
+		"LISTEN_ADDR": "127.0.0.1:0", "METRICS_ADDR": "127.0.0.1:0", "LOG_LEVEL": "debug",
+	})
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	require.NoError(t, cmd.Start())
+	var logged strings.Builder
+	ready := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			logged.WriteString(sc.Text() + "\n")
+			if strings.Contains(sc.Text(), `"message":"ready"`) {
+				close(ready)
+			}
+		}
+	}()
+	select {
+	case <-ready:
+	case <-done:
+		t.Fatalf("program ended before ready: %s", stderr.String())
+	case <-ctx.Done():
+		t.Fatal("program not ready within a minute")
+	}
+	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+	<-done
+	require.NoError(t, cmd.Wait(), "stderr: %s", stderr.String())
+	out := logged.String() + stderr.String()
+	assert.NotContains(t, out, pw)
+	assert.Contains(t, out, `"NATS_URL":"nats://callback-ingest:[redacted]@`+host+`"`)
+	assert.Contains(t, out, `"message":"nats connected"`)
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -59,6 +60,7 @@ func TestEachSeedCallbackBecomesOneEventWithoutCredentials(t *testing.T) {
 		pass    string
 		device  device.Set // as the callback names it (union of both lists)
 		profile status.Profile
+		fill    bool // the page's example has placeholders for ids: fill them in
 	}{
 		{
 			name: "disable_success_authenticated_by_body_credentials", seed: "disable", auth: "body", user: "user", pass: "user",
@@ -72,8 +74,9 @@ func TestEachSeedCallbackBecomesOneEventWithoutCredentials(t *testing.T) {
 		},
 		{
 			name: "deactivate_success_in_upper_case", seed: "deactivate", auth: "basic", user: testUser, pass: testPass,
-			device:  device.Set{ICCID: "20-digit ICCID", IMEI: "15-digit IMEI", EID: "32-digit EID", MDN: "10-digit phone number", MSISDN: "1+ 10-digit phone number"},
+			device:  device.Set{ICCID: "89148000000840784270", IMEI: "356938035643809", EID: "89049032000000000000000000000270", MDN: "2022326360", MSISDN: "12022326360"},
 			profile: status.Profile{State: "DEACTIVE", ServicePlan: "service plan name", ProfileStatus: "ENABLE", ProfileRole: "LOCAL"},
+			fill:    true,
 		},
 		{
 			name: "enable_success", seed: "enable", auth: "basic", user: testUser, pass: testPass,
@@ -83,14 +86,18 @@ func TestEachSeedCallbackBecomesOneEventWithoutCredentials(t *testing.T) {
 		},
 		{
 			name: "suspend_success", seed: "suspend", auth: "basic", user: testUser, pass: testPass,
-			device:  device.Set{ICCID: "20-digit ICCID", IMEI: "15-digit IMEI", EID: "32-digit EID", MSISDN: "1+ 10-digit phone number"},
+			device:  device.Set{ICCID: "89148000000840784270", IMEI: "356938035643809", EID: "89049032000000000000000000000270", MSISDN: "12022326360"},
 			profile: status.Profile{State: "SUSPENDED", ProfileStatus: "ENABLE", ProfileRole: "LOCAL"},
+			fill:    true,
 		},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			s := startStack(t, func(c *callback.Config) { c.Username, c.Password = tc.user, config.NewSecret(tc.pass) })
 			body := seed(t, tc.seed)
+			if tc.fill {
+				body = fillPlaceholders(body)
+			}
 			var cb struct {
 				RequestID string `json:"requestId"`
 			}
@@ -142,6 +149,33 @@ func TestEachSeedCallbackBecomesOneEventWithoutCredentials(t *testing.T) {
 			assert.Empty(t, secretsIn([]byte(s.logs.String()), extra...), "credentials in the logs")
 		})
 	}
+}
+
+// fillPlaceholders puts identifiers of the documented formats where an
+// API page's example names the format instead ("20-digit ICCID").
+func fillPlaceholders(b []byte) []byte {
+	return []byte(strings.NewReplacer(
+		"20-digit ICCID", "89148000000840784270",
+		"15-digit IMEI", "356938035643809",
+		"32-digit EID", "89049032000000000000000000000270",
+		"1+ 10-digit phone number", "12022326360",
+		"10-digit phone number", "2022326360",
+	).Replace(string(b)))
+}
+
+// TestASeedWithPlaceholderIdentifiersIsUnparseable: the deactivate and
+// suspend pages' examples name the formats ("20-digit ICCID") where the
+// identifiers go; sent as they are, they break those formats and are kept
+// as dead letters, never made subjects.
+func TestASeedWithPlaceholderIdentifiersIsUnparseable(t *testing.T) {
+	s := startStack(t, nil)
+	for _, name := range []string{"deactivate", "suspend"} {
+		code, answer := s.post(seed(t, name), testUser, testPass)
+		require.Equal(t, http.StatusBadRequest, code, answer)
+		require.Contains(t, answer, "breaks the")
+	}
+	require.Len(t, s.messages(broker.DeadLetterStream, broker.DeadLetterCallbacks), 2)
+	require.Zero(t, s.streamCount(broker.CallbackStream, broker.CallbackSubject))
 }
 
 func TestResentCallbackGivesOneEvent(t *testing.T) {
@@ -308,13 +342,13 @@ func TestStoppedNATSAnswers503AndLosesNothing(t *testing.T) {
 	n := 0
 	require.Eventually(t, func() bool {
 		n++
-		return post("req-down-"+strings.Repeat("x", n%3)+time.Now().Format("150405.000000000")) == http.StatusServiceUnavailable
+		return post("req-down-"+strings.Repeat("x", n%3)+strconv.FormatInt(time.Now().UnixNano(), 10)) == http.StatusServiceUnavailable
 	}, 20*time.Second, 10*time.Millisecond, "POST /callbacks must answer 503 while NATS is down")
 	code, _ := s.get(s.url("/readyz"))
 	assert.Equal(t, http.StatusServiceUnavailable, code)
 
 	s.ns.Start()
-	require.Eventually(t, func() bool { return post("req-after-"+time.Now().Format("150405.000000000")) == http.StatusOK },
+	require.Eventually(t, func() bool { return post("req-after-"+strconv.FormatInt(time.Now().UnixNano(), 10)) == http.StatusOK },
 		20*time.Second, 20*time.Millisecond, "POST /callbacks must store again after NATS is back")
 
 	for _, id := range stored {

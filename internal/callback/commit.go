@@ -269,8 +269,24 @@ func appendPart[T string | []byte](out []byte, part T) []byte {
 	return append(out, part...)
 }
 
+// maxBatchCallbacks is the most callbacks a stored message may carry: the
+// top of GROUP_COMMIT_MAX's range.
+const maxBatchCallbacks = 1024
+
 // decodeBatch reads what appendBatch wrote; the bodies are slices of data.
-func decodeBatch(data []byte, want int) ([]rawCallback, error) {
+// header is the Callback-Batch value: how many callbacks data carries. It
+// is checked before anything is allocated by it, against the most a batch
+// may hold and the least room each callback takes (three length bytes).
+func decodeBatch(data []byte, header string) ([]rawCallback, error) {
+	want, err := strconv.Atoi(header)
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("callback batch header %s %s is not a count", HeaderBatch, describe(header))
+	case want < 1 || want > maxBatchCallbacks:
+		return nil, fmt.Errorf("callback batch header %s %d is out of range 1..%d", HeaderBatch, want, maxBatchCallbacks)
+	case want > len(data)/3:
+		return nil, fmt.Errorf("callback batch header %s %d is more than %d bytes can hold", HeaderBatch, want, len(data))
+	}
 	out := make([]rawCallback, 0, want)
 	for len(data) > 0 {
 		var parts [3][]byte
@@ -284,7 +300,7 @@ func decodeBatch(data []byte, want int) ([]rawCallback, error) {
 		}
 		out = append(out, rawCallback{ReceivedAt: string(parts[0]), MsgID: string(parts[1]), Body: parts[2]})
 	}
-	if want > 0 && len(out) != want {
+	if len(out) != want {
 		return nil, fmt.Errorf("callback batch holds %d callbacks, its header says %d", len(out), want)
 	}
 	return out, nil

@@ -16,13 +16,22 @@ import (
 // [Config.Declare] and config.Set.Parse, or fill it in code (tests, the dev
 // stack); zero values take the defaults written on each field.
 type Config struct {
-	// NATS is NATS_URL and NATS_CREDS.
+	// NATS is NATS_URL, NATS_CREDS and NATS_TLS_CA/CERT/KEY.
 	NATS config.NATS
 	// LogLevel is LOG_LEVEL; cmd uses it to build the logger.
 	LogLevel string
 	// ListenAddr is LISTEN_ADDR, the public callback listener (default ":8080";
 	// ":0" picks a port).
 	ListenAddr string
+	// TLSCertFile is TLS_CERT_FILE and TLSKeyFile TLS_KEY_FILE: a PEM
+	// certificate (chain) and its key. With both, LISTEN_ADDR serves HTTPS
+	// only (TLS 1.2 or newer), and a pair rewritten in place is served to
+	// new connections within certPollInterval; with neither, plain HTTP.
+	TLSCertFile string
+	TLSKeyFile  string
+	// MaxConnections is MAX_CONNECTIONS: connections the public listener
+	// serves at once; more wait in the kernel's backlog (default 2048).
+	MaxConnections int
 	// MetricsAddr is METRICS_ADDR, the admin listener: health, /metrics and
 	// /devices/{id} (default ":9091").
 	MetricsAddr string
@@ -93,6 +102,7 @@ const (
 	DefaultStoreWorkers     = 4
 	DefaultGroupCommit      = 64
 	DefaultShutdownGrace    = 20 * time.Second
+	DefaultMaxConnections   = 2048
 )
 
 // Declare adds every setting of c to s, with its environment variable, flag
@@ -101,6 +111,9 @@ func (c *Config) Declare(s *config.Set) {
 	config.DeclareNATS(s, &c.NATS)
 	config.DeclareLogLevel(s, &c.LogLevel)
 	s.String(&c.ListenAddr, "listen-addr", "LISTEN_ADDR", DefaultListenAddr, "public callback listener (POST /callbacks, /healthz, /readyz)")
+	s.String(&c.TLSCertFile, "tls-cert-file", "TLS_CERT_FILE", "", "PEM certificate (chain) of the callback listener; with TLS_KEY_FILE, LISTEN_ADDR is HTTPS only and the files are re-read every 2s")
+	s.String(&c.TLSKeyFile, "tls-key-file", "TLS_KEY_FILE", "", "PEM private key of TLS_CERT_FILE")
+	s.Int(&c.MaxConnections, "max-connections", "MAX_CONNECTIONS", DefaultMaxConnections, "connections the callback listener serves at once (more wait to be accepted)")
 	s.String(&c.MetricsAddr, "metrics-addr", "METRICS_ADDR", DefaultMetricsAddr, "admin listener (/healthz, /readyz, /metrics, /devices/{id})")
 	s.String(&c.Username, "callback-username", "CALLBACK_USERNAME", "", "user name callbacks must carry (Basic auth or body); empty with the password: no check")
 	s.Sensitive("CALLBACK_USERNAME") // ThingSpace echoes it in callbacks: never logged
@@ -138,6 +151,7 @@ func (c *Config) setDefaults() {
 	str(&c.ListenAddr, DefaultListenAddr)
 	str(&c.MetricsAddr, DefaultMetricsAddr)
 	num(&c.StreamReplicas, 1)
+	num(&c.MaxConnections, DefaultMaxConnections)
 	dur(&c.CorrelationGrace, DefaultCorrelationGrace)
 	dur(&c.RetryDelay, DefaultRetryDelay)
 	num(&c.Workers, DefaultWorkers)
@@ -159,6 +173,9 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%s: %q is not host:port: %w", env, v, err))
 		}
 	}
+	if err := c.NATS.Validate(); err != nil {
+		errs = append(errs, err)
+	}
 	addr("LISTEN_ADDR", c.ListenAddr)
 	addr("METRICS_ADDR", c.MetricsAddr)
 	if c.ListenAddr == c.MetricsAddr && !strings.HasSuffix(c.ListenAddr, ":0") {
@@ -169,6 +186,15 @@ func (c Config) Validate() error {
 		errs = append(errs, errors.New("CALLBACK_PASSWORD: missing required setting: CALLBACK_USERNAME is set"))
 	case c.Username == "" && !c.Password.IsZero():
 		errs = append(errs, errors.New("CALLBACK_USERNAME: missing required setting: CALLBACK_PASSWORD is set"))
+	}
+	switch {
+	case c.TLSCertFile != "" && c.TLSKeyFile == "":
+		errs = append(errs, errors.New("TLS_KEY_FILE: missing required setting: TLS_CERT_FILE is set"))
+	case c.TLSCertFile == "" && c.TLSKeyFile != "":
+		errs = append(errs, errors.New("TLS_CERT_FILE: missing required setting: TLS_KEY_FILE is set"))
+	}
+	if c.MaxConnections < 1 {
+		errs = append(errs, fmt.Errorf("MAX_CONNECTIONS: %d must be at least 1", c.MaxConnections))
 	}
 	if c.StreamReplicas < 1 || c.StreamReplicas > 5 {
 		errs = append(errs, fmt.Errorf("STREAM_REPLICAS: %d is out of range 1..5", c.StreamReplicas))

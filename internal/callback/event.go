@@ -3,6 +3,7 @@ package callback
 import (
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/esim-pipeline/thingspace-esim/internal/correlation"
 	"github.com/esim-pipeline/thingspace-esim/internal/device"
@@ -102,18 +103,18 @@ func profileOf(p *thingspace.DeviceProfileResponse) *status.Profile {
 		return nil
 	}
 	out := status.Profile{
-		State:                           p.State,
-		ProfileStatus:                   p.ProfileStatus,
-		ProfileRole:                     p.ProfileRole,
-		ServicePlan:                     p.ServicePlan,
-		SmsrOid:                         p.SmsrOid,
-		EuiccStatus:                     p.EuiccStatus,
-		EuiccStatusCode:                 p.EuiccStatusCode,
-		EuiccStatusDesc:                 p.EuiccStatusDesc,
-		EuiccSubAddressUpdateStatus:     p.EuiccSubAddressUpdateStatus,
-		EuiccSubAddressUpdateStatusCode: p.EuiccSubAddressUpdateStatusCode,
-		EuiccSubAddressUpdateStatusDesc: p.EuiccSubAddressUpdateStatusDesc,
-		IPAddress:                       p.IPAddress,
+		State:                           clip(p.State),
+		ProfileStatus:                   clip(p.ProfileStatus),
+		ProfileRole:                     clip(p.ProfileRole),
+		ServicePlan:                     clip(p.ServicePlan),
+		SmsrOid:                         clip(p.SmsrOid),
+		EuiccStatus:                     clip(p.EuiccStatus),
+		EuiccStatusCode:                 clip(p.EuiccStatusCode),
+		EuiccStatusDesc:                 clip(p.EuiccStatusDesc),
+		EuiccSubAddressUpdateStatus:     clip(p.EuiccSubAddressUpdateStatus),
+		EuiccSubAddressUpdateStatusCode: clip(p.EuiccSubAddressUpdateStatusCode),
+		EuiccSubAddressUpdateStatusDesc: clip(p.EuiccSubAddressUpdateStatusDesc),
+		IPAddress:                       clip(p.IPAddress),
 	}
 	if out.IsZero() {
 		return nil
@@ -152,7 +153,7 @@ func buildEvent(pc *parsedCallback, rec *correlation.Record) status.Event {
 	if st == status.Failed {
 		ev.Reason = &status.Reason{Code: reasonNoFault, Message: "ThingSpace reported the action failed without a faultResponse"}
 		if f := cb.FaultResponse; f != nil && (f.FaultCode != "" || f.FaultString != "") {
-			ev.Reason = &status.Reason{Code: strings.TrimSpace(f.FaultCode), Message: f.FaultString}
+			ev.Reason = &status.Reason{Code: clip(strings.TrimSpace(f.FaultCode)), Message: clip(f.FaultString)}
 			if ev.Reason.Code == "" {
 				ev.Reason.Code = reasonNoFault
 			}
@@ -163,4 +164,22 @@ func buildEvent(pc *parsedCallback, rec *correlation.Record) status.Event {
 	// fact whether or not the record was found by then.
 	ev.EventID = status.RequestEventID(st, cb.RequestID, said)
 	return ev
+}
+
+// maxEventText is the most bytes of one callback text field an event
+// carries. ThingSpace's are short; a callback of a megabyte of fault text
+// still makes an event that fits a NATS message (the callback itself is
+// kept whole in the callback stream).
+const maxEventText = 1024
+
+// clip cuts s to maxEventText bytes on a character boundary.
+func clip(s string) string {
+	if len(s) <= maxEventText {
+		return s
+	}
+	cut := maxEventText
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
 }

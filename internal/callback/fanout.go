@@ -18,7 +18,6 @@ import (
 	"github.com/esim-pipeline/thingspace-esim/internal/correlation"
 	"github.com/esim-pipeline/thingspace-esim/internal/observability"
 	"github.com/esim-pipeline/thingspace-esim/internal/status"
-	"github.com/esim-pipeline/thingspace-esim/internal/thingspace"
 )
 
 // errRetry marks a callback whose event cannot be made yet; the message is
@@ -68,9 +67,8 @@ func (f *fanout) handle(msg *message.Message) error {
 	var items []rawCallback
 	grouped := msg.Metadata.Get(HeaderBatch) != ""
 	if grouped {
-		want, _ := strconv.Atoi(msg.Metadata.Get(HeaderBatch))
 		var err error
-		if items, err = decodeBatch(msg.Payload, want); err != nil {
+		if items, err = decodeBatch(msg.Payload, msg.Metadata.Get(HeaderBatch)); err != nil {
 			return err // the whole message to the dead letters: its bytes are kept
 		}
 	} else {
@@ -180,7 +178,7 @@ func (f *fanout) handleItems(msg *message.Message, items []rawCallback, parsed [
 func (f *fanout) handleOne(ctx context.Context, msg *message.Message, it rawCallback, pc *parsedCallback, in *inflight) error {
 	if pc == nil {
 		f.m.reparsed.Inc()
-		cb, err := thingspace.ParseCallback(it.Body)
+		cb, err := parseCallback(it.Body)
 		if err != nil {
 			f.m.parseFailures.Inc()
 			return fmt.Errorf("stored callback cannot be parsed: %w", err)

@@ -1,6 +1,7 @@
 package callback
 
 import (
+	"strconv"
 	"testing"
 	"time"
 
@@ -67,7 +68,7 @@ func TestBatchFramingRoundTrips(t *testing.T) {
 		{body: []byte(`{}`), parsed: &parsedCallback{receivedAt: at.Add(time.Millisecond)}, msgID: ""},
 		{body: nil, parsed: &parsedCallback{receivedAt: at}, msgID: "id-3"},
 	}
-	got, err := decodeBatch(appendBatch(nil, batch), len(batch))
+	got, err := decodeBatch(appendBatch(nil, batch), strconv.Itoa(len(batch)))
 	require.NoError(t, err)
 	require.Len(t, got, 3)
 	for i, p := range batch {
@@ -75,9 +76,30 @@ func TestBatchFramingRoundTrips(t *testing.T) {
 		require.Equal(t, formatReceived(p.parsed.receivedAt), got[i].ReceivedAt)
 		require.Equal(t, p.msgID, got[i].MsgID)
 	}
-	_, err = decodeBatch(appendBatch(nil, batch), 4)
+	_, err = decodeBatch(appendBatch(nil, batch), "4")
 	require.ErrorContains(t, err, "holds 3 callbacks, its header says 4")
 	frame := appendBatch(nil, batch)
-	_, err = decodeBatch(frame[:len(frame)-1], 3)
+	_, err = decodeBatch(frame[:len(frame)-1], "3")
 	require.ErrorContains(t, err, "cut short")
+}
+
+// TestABatchHeaderIsCheckedBeforeItSizesAnything: a Callback-Batch count
+// read from a stored message (anyone allowed to publish there could write
+// it) is held to the batch limit and to what the body can hold before it
+// sizes an allocation.
+func TestABatchHeaderIsCheckedBeforeItSizesAnything(t *testing.T) {
+	frame := appendBatch(nil, []*pending{{body: []byte(`{}`), parsed: &parsedCallback{}, msgID: "a"}})
+	for _, tc := range []struct{ name, header, want string }{
+		{name: "a_billion", header: "1000000000", want: "out of range"},
+		{name: "max_int", header: "9223372036854775807", want: "out of range"},
+		{name: "negative", header: "-5", want: "out of range"},
+		{name: "zero", header: "0", want: "out of range"},
+		{name: "not_a_number", header: "many", want: "not a count"},
+		{name: "more_than_the_body_holds", header: "1000", want: "can hold"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := decodeBatch(frame, tc.header)
+			require.ErrorContains(t, err, tc.want)
+		})
+	}
 }

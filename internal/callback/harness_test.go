@@ -46,6 +46,7 @@ type stack struct {
 	done   chan error
 	logs   *testkit.SyncBuffer
 	client *http.Client
+	scheme string // of the callback listener: http, or https with TLS
 }
 
 // startStack runs the service with test settings changed by mutate.
@@ -77,7 +78,7 @@ func startOn(t testing.TB, ns *natstest.Server, mutate func(*callback.Config)) *
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan callback.Addrs, 1)
 	s := &stack{t: t, ns: ns, cancel: cancel, done: make(chan error, 1), logs: logs,
-		client: &http.Client{Timeout: 10 * time.Second}}
+		client: &http.Client{Timeout: 10 * time.Second}, scheme: "http"}
 	go func() { s.done <- callback.Run(ctx, cfg, log, callback.OnReady(func(a callback.Addrs) { ready <- a })) }()
 	select {
 	case s.addrs = <-ready:
@@ -110,7 +111,7 @@ func (s *stack) stop() {
 	}
 }
 
-func (s *stack) url(path string) string   { return "http://" + s.addrs.Callback + path }
+func (s *stack) url(path string) string   { return s.scheme + "://" + s.addrs.Callback + path }
 func (s *stack) admin(path string) string { return "http://" + s.addrs.Admin + path }
 
 // post sends body to POST /callbacks, with Basic credentials unless user is

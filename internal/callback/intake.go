@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
-	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -19,7 +18,6 @@ import (
 	"github.com/esim-pipeline/thingspace-esim/internal/broker"
 	"github.com/esim-pipeline/thingspace-esim/internal/observability"
 	"github.com/esim-pipeline/thingspace-esim/internal/status"
-	"github.com/esim-pipeline/thingspace-esim/internal/thingspace"
 )
 
 // Headers of a raw callback in the callback stream.
@@ -110,8 +108,9 @@ func (in *intake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	cb, perr := thingspace.ParseCallback(body)
-	if in.auth != nil && !in.authenticated(r, cb, body) {
+	// Credentials first, from the Basic header or a scan of the body's top
+	// level: an unauthenticated request is answered without a parse.
+	if in.auth != nil && !in.authenticated(r, body) {
 		w.Header().Set("WWW-Authenticate", `Basic realm="callbacks"`)
 		in.answer(w, http.StatusUnauthorized, "missing or wrong credentials")
 		return
@@ -121,6 +120,11 @@ func (in *intake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		in.answer(w, http.StatusServiceUnavailable, "not ready to store callbacks")
 		return
 	}
+	cb, perr := parseCallback(body)
+	// Checked, the credentials go: neither the stream nor a dead letter
+	// keeps them. The body shrinks in place.
+	body = stripCredentials(body)
+	*bp = body
 	if perr != nil {
 		ctx, cancel := context.WithTimeout(r.Context(), in.timeout)
 		defer cancel()
@@ -128,8 +132,6 @@ func (in *intake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		in.log.Warn().Str(observability.FieldReason, perr.Error()).Int("bytes", len(body)).Msg("unparseable callback, dead-lettered")
 		hdr := nats.Header{}
 		hdr.Set(HeaderReceivedAt, start.UTC().Format(time.RFC3339Nano))
-		// The raw bytes go to the dead letters as they came: an
-		// authenticated sender's credentials in the body stay inside NATS.
 		if err := broker.DeadLetter(ctx, js, broker.DeadLetterCallbacks, body, broker.CallbackSubject, hdr, perr.Error()); err != nil {
 			in.log.Warn().Err(err).Msg("cannot store dead letter")
 			in.answer(w, http.StatusServiceUnavailable, "cannot store the callback now")
@@ -190,22 +192,14 @@ func readBody(w http.ResponseWriter, r *http.Request, buf []byte) ([]byte, error
 	}
 }
 
-// authenticated accepts HTTP Basic credentials, else the body's
-// username/password (ThingSpace echoes the registered ones). A body that
-// does not parse as a callback may still carry them as plain JSON.
-func (in *intake) authenticated(r *http.Request, cb *thingspace.Callback, body []byte) bool {
+// authenticated accepts HTTP Basic credentials, else the body's top-level
+// username/password (ThingSpace echoes the registered ones), found by a
+// scan that builds nothing: whatever the body, a refusal costs one pass
+// over at most MaxBody bytes.
+func (in *intake) authenticated(r *http.Request, body []byte) bool {
 	if u, p, ok := r.BasicAuth(); ok && in.auth.match(u, p) {
 		return true
 	}
-	if cb != nil {
-		return in.auth.match(cb.Username, cb.Password)
-	}
-	var creds struct {
-		Username string `json:"username"`
-		Password string `json:"password"`
-	}
-	if json.Unmarshal(thingspace.StripTrailingCommas(body), &creds) != nil {
-		return false
-	}
-	return in.auth.match(creds.Username, creds.Password)
+	u, p, ok := bodyCredentials(body)
+	return ok && in.auth.match(u, p)
 }

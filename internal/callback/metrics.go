@@ -27,6 +27,7 @@ type metrics struct {
 	uncorrelated  prometheus.Counter     // events published without a record
 	groupCommit   prometheus.Histogram   // callbacks stored by one message, when more than one
 	reparsed      prometheus.Counter     // stored callbacks the fan-out had to parse again
+	tlsReloads    *prometheus.CounterVec // certificate pairs loaded after the start, by result
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -92,6 +93,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Name: "esim_ingest_fanout_reparsed_total",
 		Help: "Stored callbacks the fan-out parsed again instead of taking what the intake parsed: stored by another instance, before a restart, or waiting longer than the hand-off keeps them.",
 	})
+	m.tlsReloads = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "esim_ingest_tls_reloads_total",
+		Help: "Rewritten TLS certificate pairs of the callback listener, by result (ok: served to new connections; error: did not load, the previous pair stays).",
+	}, []string{"result"})
+	reg.MustRegister(m.tlsReloads)
+	for _, r := range []string{"ok", "error"} {
+		m.tlsReloads.WithLabelValues(r)
+	}
 	reg.MustRegister(m.callbacks, m.storeSeconds, m.parseFailures, m.events, m.duplicates, m.stale,
 		m.deadLetters, m.retries, m.handled, m.handleSeconds, m.lag, m.uncorrelated, m.groupCommit, m.reparsed)
 	// Resolve the usual codes once: no label lookup per request.
@@ -106,6 +115,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.deadLetters.WithLabelValues(s)
 	}
 	return m
+}
+
+func (m *metrics) tlsReloaded(ok bool) {
+	if ok {
+		m.tlsReloads.WithLabelValues("ok").Inc()
+		return
+	}
+	m.tlsReloads.WithLabelValues("error").Inc()
 }
 
 func (m *metrics) answered(code int) {

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -16,7 +15,6 @@ import (
 	"github.com/esim-pipeline/thingspace-esim/internal/broker"
 	"github.com/esim-pipeline/thingspace-esim/internal/correlation"
 	"github.com/esim-pipeline/thingspace-esim/internal/status"
-	"github.com/esim-pipeline/thingspace-esim/internal/thingspace"
 )
 
 // ReplayOptions choose the stored callbacks a replay re-runs.
@@ -103,8 +101,7 @@ func Replay(ctx context.Context, js jetstream.JetStream, opts ReplayOptions, log
 		}
 		items := []rawCallback{{Body: msg.Data()}}
 		if n := msg.Headers().Get(HeaderBatch); n != "" {
-			want, _ := strconv.Atoi(n)
-			if items, err = decodeBatch(msg.Data(), want); err != nil {
+			if items, err = decodeBatch(msg.Data(), n); err != nil {
 				st.Callbacks++
 				st.Unparseable++
 				items = nil
@@ -126,8 +123,12 @@ func Replay(ctx context.Context, js jetstream.JetStream, opts ReplayOptions, log
 	}
 }
 
+// maxReplaySubjects bounds what a replay remembers of the status stream: the
+// eventIds of this many subjects (devices), whatever the callback stream holds.
+const maxReplaySubjects = 100_000
+
 func (f *fanout) replayOne(ctx context.Context, body []byte, received time.Time, seen map[string]map[string]bool, dry bool, st *ReplayStats) error {
-	cb, err := thingspace.ParseCallback(body)
+	cb, err := parseCallback(body)
 	if err != nil {
 		st.Unparseable++
 		return nil
@@ -148,6 +149,9 @@ func (f *fanout) replayOne(ctx context.Context, body []byte, received time.Time,
 	subject := ev.Subject()
 	ids, ok := seen[subject]
 	if !ok {
+		if len(seen) >= maxReplaySubjects {
+			clear(seen) // a subject met again is read again: slower, never wrong
+		}
 		if ids, err = f.eventIDs(ctx, subject); err != nil {
 			return err
 		}

@@ -131,13 +131,30 @@ func (s *service) run(ctx context.Context, reg *prometheus.Registry, onReady fun
 	pubMux := http.NewServeMux()
 	observability.Health(pubMux, s.ready)
 	pubMux.Handle("POST "+CallbackPath, in)
+	var certs *certReloader
+	if s.cfg.TLSCertFile != "" {
+		var err error
+		certs, err = newCertReloader(s.cfg.TLSCertFile, s.cfg.TLSKeyFile,
+			log.With().Str(observability.FieldComponent, "tls").Logger(), s.m.tlsReloaded)
+		if err != nil {
+			return err
+		}
+	}
 	pub, err := observability.Listen(s.cfg.ListenAddr, pubMux, log)
 	if err != nil {
 		return fmt.Errorf("LISTEN_ADDR: %w", err)
 	}
-	// A callback is small; a slow sender must not hold a connection long.
+	// A callback is small; a slow sender must not hold a connection long,
+	// and no sender may hold more than MAX_CONNECTIONS of them.
 	pub.HTTP().ReadTimeout = 15 * time.Second
 	pub.HTTP().WriteTimeout = s.cfg.StoreTimeout + 10*time.Second
+	pub.LimitConnections(s.cfg.MaxConnections)
+	if certs != nil {
+		pub.HTTP().TLSConfig = certs.tlsConfig()
+		certCtx, stopCerts := context.WithCancel(context.Background())
+		defer stopCerts()
+		go certs.run(certCtx)
+	}
 
 	adminMux := observability.AdminMux(reg, s.ready)
 	adminMux.Handle("GET /devices/{id}", &devices{
@@ -155,7 +172,7 @@ func (s *service) run(ctx context.Context, reg *prometheus.Registry, onReady fun
 		return fmt.Errorf("METRICS_ADDR: %w", err)
 	}
 	addrs := Addrs{Callback: pub.Addr(), Admin: admin.Addr()}
-	log.Info().Str("callback_addr", addrs.Callback).Str("admin_addr", addrs.Admin).Msg("listening")
+	log.Info().Str("callback_addr", addrs.Callback).Bool("tls", certs != nil).Str("admin_addr", addrs.Admin).Msg("listening")
 
 	pubCtx, stopPub := context.WithCancel(context.WithoutCancel(ctx))
 	adminCtx, stopAdmin := context.WithCancel(context.WithoutCancel(ctx))

@@ -52,7 +52,8 @@ type Set struct {
 type setting struct {
 	flag, env, def, usage string
 	secret, required      bool
-	sensitive             bool // masked in Resolved, though not a secret
+	sensitive             bool                // masked in Resolved, though not a secret
+	redact                func(string) string // what Resolved shows of the value, when set
 	set                   func(string) error
 	value                 func() string
 }
@@ -189,6 +190,16 @@ func (s *Set) Sensitive(env ...string) {
 	}
 }
 
+// mask makes Resolved show the setting named by env through redact: a
+// value that is mostly harmless with a secret inside (a URL's password).
+func (s *Set) mask(env string, redact func(string) string) {
+	for _, st := range s.settings {
+		if st.env == env {
+			st.redact = redact
+		}
+	}
+}
+
 // Parse reads the environment through getenv, then the flags in args. A
 // missing required setting is an error naming its variable.
 func (s *Set) Parse(args []string, getenv func(string) string) error {
@@ -247,8 +258,11 @@ func (s *Set) Resolved() map[string]string {
 	out := make(map[string]string, len(s.settings))
 	for _, st := range s.settings {
 		v := st.value()
-		if (st.secret || st.sensitive) && v != "" {
+		switch {
+		case (st.secret || st.sensitive) && v != "":
 			v = "[redacted]"
+		case st.redact != nil:
+			v = st.redact(v)
 		}
 		out[st.env] = v
 	}

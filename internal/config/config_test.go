@@ -83,3 +83,68 @@ func TestHelpListsEveryVariable(t *testing.T) {
 	}
 	require.Contains(t, out.String(), "SECRET_FILE")
 }
+
+func TestNATSURLCredentialsAreSplitOffAndNeverResolved(t *testing.T) {
+	var n config.NATS
+	set := config.NewSet("prog", &bytes.Buffer{})
+	config.DeclareNATS(set, &n)
+	url := "nats://svc:s3cr%40t@nats-1:4222, nats://svc:s3cr%40t@nats-2:4222,nats-3:4222"
+	require.NoError(t, set.Parse(nil, env(map[string]string{"NATS_URL": url})))
+	require.NoError(t, n.Validate())
+
+	servers, auth, err := n.Servers()
+	require.NoError(t, err)
+	require.Equal(t, "nats://nats-1:4222,nats://nats-2:4222,nats://nats-3:4222", servers)
+	require.Equal(t, "svc", auth.User)
+	require.Equal(t, "s3cr@t", auth.Password.Reveal())
+
+	resolved := set.Resolved()["NATS_URL"]
+	require.NotContains(t, resolved, "s3cr")
+	require.Equal(t, "nats://svc:[redacted]@nats-1:4222, nats://svc:[redacted]@nats-2:4222,nats-3:4222", resolved)
+	require.NotContains(t, n.Redacted(), "s3cr")
+}
+
+func TestNATSURLRedaction(t *testing.T) {
+	for _, tc := range []struct{ name, in, want string }{
+		{name: "no_credentials", in: "nats://127.0.0.1:4222", want: "nats://127.0.0.1:4222"},
+		{name: "user_and_password", in: "tls://u:p@h:4222", want: "tls://u:[redacted]@h:4222"},
+		{name: "token", in: "nats://tok3n@h:4222", want: "nats://[redacted]@h:4222"},
+		{name: "at_sign_in_the_password", in: "nats://u:p@ss@h", want: "nats://u:[redacted]@h"},
+		{name: "no_scheme", in: "u:p@h:4222", want: "u:[redacted]@h:4222"},
+		{name: "a_list", in: "nats://a:1@x,nats://b:2@y", want: "nats://a:[redacted]@x,nats://b:[redacted]@y"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			require.Equal(t, tc.want, config.RedactURLs(tc.in))
+		})
+	}
+}
+
+func TestNATSSettingsThatCannotWorkNameTheirVariable(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		n    config.NATS
+		want string
+	}{
+		{name: "cert_without_key", n: config.NATS{URL: "nats://h", TLSCert: "c.pem"}, want: "NATS_TLS_KEY"},
+		{name: "key_without_cert", n: config.NATS{URL: "nats://h", TLSKey: "k.pem"}, want: "NATS_TLS_CERT"},
+		{name: "two_identities", n: config.NATS{URL: "nats://a:1@x,nats://b:2@y"}, want: "other credentials"},
+		{name: "no_url", n: config.NATS{URL: " , "}, want: "no server URL"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.n.Validate()
+			require.ErrorContains(t, err, tc.want)
+			require.NotContains(t, err.Error(), "1@", "a password in the error")
+		})
+	}
+}
+
+func TestHelpListsTheNATSTLSSettings(t *testing.T) {
+	var out bytes.Buffer
+	var n config.NATS
+	set := config.NewSet("prog", &out)
+	config.DeclareNATS(set, &n)
+	require.True(t, config.IsHelp(set.Parse([]string{"--help"}, env(nil))))
+	for _, v := range []string{"NATS_URL", "NATS_CREDS", "NATS_TLS_CA", "NATS_TLS_CERT", "NATS_TLS_KEY"} {
+		require.Contains(t, out.String(), "("+v+")")
+	}
+}

@@ -53,11 +53,12 @@ type app struct {
 	stdout, stderr io.Writer
 	code           int
 
-	natsURL, natsCreds, natsContext string
-	logLevel                        string
-	connectTimeout                  time.Duration
-	log                             zerolog.Logger
-	tty                             bool
+	natsURL, natsCreds, natsContext    string
+	natsTLSCA, natsTLSCert, natsTLSKey string
+	logLevel                           string
+	connectTimeout                     time.Duration
+	log                                zerolog.Logger
+	tty                                bool
 }
 
 // Run is the whole program: main hands over its arguments (without the
@@ -113,8 +114,10 @@ ThingSpace twice.
 Exit codes: 0 every device succeeded, 1 some did not (or the run could not be followed),
 2 bad usage or a bad file (nothing published), 130 interrupted (the work goes on).
 
-NATS: --nats-url / NATS_URL, --nats-creds / NATS_CREDS, or a NATS CLI context
-(--context / NATS_CONTEXT; NATS_URL, NATS_CREDS and the flags override it).`,
+NATS: --nats-url / NATS_URL (user:password@ in it authenticates), --nats-creds /
+NATS_CREDS, --nats-tls-ca / NATS_TLS_CA, --nats-tls-cert / NATS_TLS_CERT and
+--nats-tls-key / NATS_TLS_KEY (mutual TLS), or a NATS CLI context (--context /
+NATS_CONTEXT; the variables and the flags override it).`,
 		Example: `  esimctl submit --action disable --account 0000123456-00001 \
       --smsr-oid 1.3.6.1.4.1.31746.1.500.200.101.5 devices.csv
   esimctl watch 3f9c2a0d11b7e845
@@ -129,6 +132,9 @@ NATS: --nats-url / NATS_URL, --nats-creds / NATS_CREDS, or a NATS CLI context
 	pf := root.PersistentFlags()
 	pf.StringVar(&a.natsURL, "nats-url", "", "NATS server URL(s), comma-separated for a cluster (env NATS_URL) [default nats://127.0.0.1:4222]")
 	pf.StringVar(&a.natsCreds, "nats-creds", "", "NATS .creds file (env NATS_CREDS)")
+	pf.StringVar(&a.natsTLSCA, "nats-tls-ca", "", "PEM file of the CA that signed the NATS servers' certificates (env NATS_TLS_CA)")
+	pf.StringVar(&a.natsTLSCert, "nats-tls-cert", "", "PEM client certificate for NATS mutual TLS (env NATS_TLS_CERT)")
+	pf.StringVar(&a.natsTLSKey, "nats-tls-key", "", "PEM private key of --nats-tls-cert (env NATS_TLS_KEY)")
 	pf.StringVar(&a.natsContext, "context", "", "NATS CLI context to read the URL and credentials from (env NATS_CONTEXT)")
 	pf.StringVar(&a.logLevel, "log-level", "", "log level: debug, info, warn, error (env LOG_LEVEL) [default warn]")
 	pf.DurationVar(&a.connectTimeout, "connect-timeout", 10*time.Second, "how long to wait for NATS")
@@ -176,6 +182,14 @@ func (a *app) natsConfig(flags *pflag.FlagSet) (config.NATS, error) {
 		if c.Creds != "" {
 			n.Creds = c.Creds
 		}
+		for _, f := range []struct {
+			dst *string
+			v   string
+		}{{&n.TLSCA, c.TLSCA}, {&n.TLSCert, c.TLSCert}, {&n.TLSKey, c.TLSKey}} {
+			if f.v != "" {
+				*f.dst = f.v
+			}
+		}
 	}
 	if err := set.Parse(nil, a.getenv); err != nil {
 		return n, usagef("%v", err)
@@ -185,6 +199,18 @@ func (a *app) natsConfig(flags *pflag.FlagSet) (config.NATS, error) {
 	}
 	if flags.Changed("nats-creds") {
 		n.Creds = a.natsCreds
+	}
+	for _, f := range []struct {
+		flag string
+		dst  *string
+		v    string
+	}{{"nats-tls-ca", &n.TLSCA, a.natsTLSCA}, {"nats-tls-cert", &n.TLSCert, a.natsTLSCert}, {"nats-tls-key", &n.TLSKey, a.natsTLSKey}} {
+		if flags.Changed(f.flag) {
+			*f.dst = f.v
+		}
+	}
+	if err := n.Validate(); err != nil {
+		return n, usagef("%v", err)
 	}
 	return n, nil
 }
@@ -197,6 +223,10 @@ type natsContext struct {
 	Password string `json:"password"`
 	Token    string `json:"token"`
 	NKey     string `json:"nkey"`
+	// TLS files, as the NATS CLI names them.
+	TLSCA   string `json:"ca"`
+	TLSCert string `json:"cert"`
+	TLSKey  string `json:"key"`
 }
 
 // loadContext reads ~/.config/nats/context/<name>.json (or under
@@ -225,7 +255,7 @@ func loadContext(name string, getenv func(string) string) (config.NATS, error) {
 	if c.NKey != "" {
 		return config.NATS{}, fmt.Errorf("NATS context %q authenticates with an nkey, which esimctl does not read: use a .creds file", name)
 	}
-	n := config.NATS{URL: c.URL, Creds: c.Creds}
+	n := config.NATS{URL: c.URL, Creds: c.Creds, TLSCA: c.TLSCA, TLSCert: c.TLSCert, TLSKey: c.TLSKey}
 	if c.User != "" || c.Token != "" {
 		var urls []string
 		for _, raw := range strings.Split(c.URL, ",") {
@@ -260,7 +290,7 @@ func (a *app) connect(ctx context.Context, cmd *cobra.Command) (*nats.Conn, jets
 		if ctx.Err() != nil {
 			return nil, nil, ErrInterrupted
 		}
-		return nil, nil, opErr(fmt.Errorf("cannot reach NATS at %s within %s (set NATS_URL or --nats-url)", n.URL, a.connectTimeout))
+		return nil, nil, opErr(fmt.Errorf("cannot reach NATS at %s within %s (set NATS_URL or --nats-url): %v", n.Redacted(), a.connectTimeout, err))
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {

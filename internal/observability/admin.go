@@ -4,14 +4,17 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	stdlog "log"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
+	"golang.org/x/net/netutil"
 )
 
 // NewRegistry returns a Prometheus registry with the Go and process collectors.
@@ -78,12 +81,39 @@ func Listen(addr string, h http.Handler, log zerolog.Logger) (*Server, error) {
 			WriteTimeout:      30 * time.Second,
 			IdleTimeout:       120 * time.Second,
 			MaxHeaderBytes:    64 << 10,
+			ErrorLog:          stdlog.New(serverErrors{log}, "", 0),
 		},
 	}, nil
 }
 
+// serverErrors turns net/http's own error lines into log lines of log:
+// failed TLS handshakes (scanners, plain HTTP on an HTTPS port) at Debug,
+// anything else at Warn.
+type serverErrors struct{ log zerolog.Logger }
+
+func (e serverErrors) Write(p []byte) (int, error) {
+	msg := strings.TrimSpace(string(p))
+	ev := e.log.Warn()
+	if strings.Contains(msg, "TLS handshake error") {
+		ev = e.log.Debug()
+	}
+	ev.Str(FieldReason, msg).Msg("http server")
+	return len(p), nil
+}
+
 // HTTP gives access to the underlying server, to tune timeouts before Serve.
+// With HTTP().TLSConfig set, Serve speaks TLS only (its certificates come
+// from the config: Certificates or GetCertificate).
 func (s *Server) HTTP() *http.Server { return s.srv }
+
+// LimitConnections caps the connections served at once at n (before Serve):
+// the listener accepts no more until one closes, and the kernel's backlog
+// holds the rest. The timeouts above bound how long any one may hold a slot.
+func (s *Server) LimitConnections(n int) {
+	if n > 0 {
+		s.ln = netutil.LimitListener(s.ln, n)
+	}
+}
 
 // Addr is the bound address.
 func (s *Server) Addr() string { return s.ln.Addr().String() }
@@ -91,7 +121,13 @@ func (s *Server) Addr() string { return s.ln.Addr().String() }
 // Serve runs until ctx ends, then shuts down gracefully within grace.
 func (s *Server) Serve(ctx context.Context, grace time.Duration) error {
 	errc := make(chan error, 1)
-	go func() { errc <- s.srv.Serve(s.ln) }()
+	go func() {
+		if s.srv.TLSConfig != nil {
+			errc <- s.srv.ServeTLS(s.ln, "", "")
+			return
+		}
+		errc <- s.srv.Serve(s.ln)
+	}()
 	select {
 	case err := <-errc:
 		return err

@@ -2,6 +2,8 @@ package reliability_test
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -12,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/esim-pipeline/thingspace-esim/internal/broker"
@@ -202,11 +205,31 @@ func TestNoSecretInLogsOrEvents(t *testing.T) {
 	for _, m := range dls {
 		scan("dead letter headers on "+m.subject, headerText(m.header))
 	}
+	// Every stream, bodies and headers: raw callbacks (their credentials
+	// were cut before the store), dead letters, commands, deadlines, the
+	// buckets' streams.
+	streamsScanned, stored := 0, 0
+	lister := js.StreamNames(t.Context())
+	var names []string
+	for name := range lister.Name() {
+		names = append(names, name)
+	}
+	require.NoError(t, lister.Err())
+	for _, name := range names {
+		streamsScanned++
+		for _, m := range storedMessages(t, js, name) {
+			stored++
+			scan("message of "+name+" on "+m.subject, string(m.data))
+			scan("headers of a message of "+name+" on "+m.subject, headerText(m.header))
+		}
+	}
+	require.GreaterOrEqual(t, streamsScanned, 6, "every stream of the pipeline was read")
+	require.Positive(t, streamMsgs(t, js, broker.CallbackStream), "raw callbacks were stored (and scanned)")
 	require.Zero(t, hits, "secrets found")
 	require.Greater(t, logLines, n, "the debug logs were written")
-	t.Logf("FIGURE secrets: %d log lines (LOG_LEVEL=debug), %d events, %d dead letters scanned for %d markers "+
-		"(client secret, M2M password, callback password, device credentials, %d API/session tokens): 0 hits",
-		logLines, len(evs), len(dls), len(markers), len(toks))
+	t.Logf("FIGURE secrets: %d log lines (LOG_LEVEL=debug), %d events, %d dead letters, %d stored messages of %d streams "+
+		"scanned for %d markers (client secret, M2M password, callback password, device credentials, %d API/session tokens): 0 hits",
+		logLines, len(evs), len(dls), stored, streamsScanned, len(markers), len(toks))
 }
 
 func headerText(h nats.Header) string {
@@ -217,4 +240,26 @@ func headerText(h nats.Header) string {
 		}
 	}
 	return b.String()
+}
+
+// storedMessages reads every message a stream holds by sequence, whatever
+// its retention (a work queue cannot have a second consumer).
+func storedMessages(t *testing.T, js jetstream.JetStream, name string) []rawMsg {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	st, err := js.Stream(ctx, name)
+	require.NoError(t, err, name)
+	info, err := st.Info(ctx)
+	require.NoError(t, err, name)
+	var out []rawMsg
+	for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
+		m, err := st.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		require.NoError(t, err, "%s sequence %d", name, seq)
+		out = append(out, rawMsg{subject: m.Subject, header: m.Header, data: m.Data})
+	}
+	return out
 }
