@@ -509,3 +509,25 @@ func TestACallbackWaitsForItsAcceptedEventsToBeStored(t *testing.T) {
 	ev := s.waitEvents("req-unpublished", 1)[0].Event
 	assert.Equal(t, "cmd-unpublished", ev.CommandID)
 }
+
+// Issue 19.11: a callback whose record existed but whose accepted events
+// were not stored yet was fanned out once CORRELATION_GRACE had passed,
+// landing before its device's accepted event.
+func TestACallbackOutlivingTheGraceStillWaitsForItsAcceptedEvents(t *testing.T) {
+	s := startStack(t, func(c *callback.Config) { c.CorrelationGrace = 500 * time.Millisecond })
+	iccid := "89148000000840784273"
+	rec := &correlation.Record{RequestID: "req-slow-accepted", Action: "enable", AccountName: "0000123456-00001",
+		SubmittedAt: time.Now().UTC(), Devices: []correlation.Entry{{CommandID: "cmd-slow", Device: device.Set{ICCID: iccid}}}}
+	require.NoError(t, s.store.Put(context.Background(), rec))
+	posted := time.Now()
+	s.postOK(callbackBody(cbOpts{requestID: "req-slow-accepted", iccid: iccid}))
+	require.Never(t, func() bool { return len(s.eventsOf("req-slow-accepted")) > 0 }, 3*time.Second, 50*time.Millisecond,
+		"no event before the accepted events, the grace long past")
+	require.Greater(t, time.Since(posted), 5*500*time.Millisecond)
+
+	rec.Published = true
+	require.NoError(t, s.store.Put(context.Background(), rec))
+	ev := s.waitEvents("req-slow-accepted", 1)[0].Event
+	assert.Equal(t, "cmd-slow", ev.CommandID)
+	assert.Equal(t, "enable", ev.Action, "on the action's subject, not unknown")
+}

@@ -23,7 +23,7 @@ type DeviceState struct {
 }
 
 // deviceActions are the subjects' action tokens looked up for a device.
-var deviceActions = append(append([]string{}, thingspace.Actions...), UnknownAction)
+var deviceActions = append(append([]string{}, thingspace.Actions...), status.UnknownAction)
 
 // devices reads device state from the status stream: one direct get of the
 // last message per action subject, in parallel.

@@ -11,10 +11,6 @@ import (
 	"github.com/esim-pipeline/thingspace-esim/internal/thingspace"
 )
 
-// UnknownAction names the action of an event whose requestId has no record
-// and whose callback does not say which action it answers.
-const UnknownAction = "unknown"
-
 // parsedCallback is what the intake read of one callback, handed to the
 // fan-out with the stored message so that it is read once.
 type parsedCallback struct {
@@ -77,7 +73,7 @@ func merge(cb, rec device.Set) device.Set {
 // profileStatus stays ENABLE); enable names itself in profileStatus.
 func guessAction(p *thingspace.DeviceProfileResponse) string {
 	if p == nil {
-		return UnknownAction
+		return status.UnknownAction
 	}
 	ps := strings.ToLower(strings.TrimSpace(p.ProfileStatus))
 	st := strings.ToLower(strings.TrimSpace(p.State))
@@ -93,7 +89,7 @@ func guessAction(p *thingspace.DeviceProfileResponse) string {
 	case strings.HasPrefix(ps, "enable"):
 		return thingspace.ActionEnable
 	}
-	return UnknownAction
+	return status.UnknownAction
 }
 
 // profileOf copies the allow-listed fields of the callback's profile

@@ -172,6 +172,10 @@ func (f *fanout) handleItems(msg *message.Message, items []rawCallback, parsed [
 	return wait
 }
 
+// unpublishedWaits is how many CORRELATION_GRACE spans a callback waits for
+// the accepted events of a record that exists.
+const unpublishedWaits = 10
+
 // handleOne turns one stored callback into its event; pc is what the
 // intake parsed of it, nil when it must be parsed here. A final event's
 // publish joins in; any other is stored before handleOne returns.
@@ -195,6 +199,12 @@ func (f *fanout) handleOne(ctx context.Context, msg *message.Message, it rawCall
 	waited := f.now().Sub(pc.receivedAt)
 	rec, err := f.records.Get(ctx, pc.cb.RequestID, waited >= f.grace)
 	switch {
+	case err == nil && !rec.Published && waited < unpublishedWaits*f.grace:
+		// The dispatcher has the record and is still storing the accepted
+		// events: the callback's event lands after them. A dispatcher gone
+		// before it stored them sends its commands again; this request's
+		// callbacks still become events, with its record, at the end.
+		return retry("record_pending", fmt.Errorf("request %s: accepted events not stored yet", pc.cb.RequestID))
 	case err == nil:
 	case errors.Is(err, correlation.ErrNotFound):
 		if waited < f.grace {

@@ -4,7 +4,6 @@ import (
 	"container/list"
 	"context"
 	"errors"
-	"fmt"
 	"sync"
 	"time"
 
@@ -58,7 +57,8 @@ func newRecords(src RecordSource, size int, missTTL time.Duration) *records {
 
 // Get returns the record of requestID, or an error wrapping
 // correlation.ErrNotFound. fresh skips the memory of misses: the last look
-// before giving up waiting must ask the bucket.
+// before giving up waiting must ask the bucket. A record not yet marked
+// Published is returned and not kept.
 func (r *records) Get(ctx context.Context, requestID string, fresh bool) (*correlation.Record, error) {
 	r.mu.Lock()
 	if el, ok := r.byID[requestID]; ok {
@@ -88,17 +88,15 @@ func (r *records) Get(ctx context.Context, requestID string, fresh bool) (*corre
 	r.mu.Unlock()
 
 	c.rec, c.err = r.src.Get(ctx, requestID)
-	if c.err == nil && !c.rec.Published && !fresh {
-		// The dispatcher is still storing the accepted events: wait, so the
-		// callback's event lands after them. The last look takes it as is.
-		c.rec, c.err = nil, fmt.Errorf("%w %s: accepted events not stored yet", correlation.ErrNotFound, requestID)
-	}
 
 	r.mu.Lock()
 	delete(r.inflight, requestID)
 	switch {
-	case c.err == nil:
+	case c.err == nil && c.rec.Published:
 		r.add(requestID, c.rec)
+	case c.err == nil:
+		// The dispatcher is still storing its accepted events: the next
+		// look asks the bucket again.
 	case errors.Is(c.err, correlation.ErrNotFound) && r.missTTL > 0:
 		if len(r.misses) >= maxMisses {
 			clear(r.misses)

@@ -186,7 +186,8 @@ func settledBy(s string) status.Status {
 
 // unsettled lists the record's devices whose latest event is not final for
 // this request. A device whose latest event belongs to a later request has
-// moved on and is left alone.
+// moved on and is left alone; so is one whose final callback found no
+// record when it came and went to the unknown action's subject.
 func (d *dispatcher) unsettled(ctx context.Context, rec *correlation.Record) ([]correlation.Entry, error) {
 	stream, err := d.js.Stream(ctx, broker.StatusStream)
 	if err != nil {
@@ -200,22 +201,38 @@ func (d *dispatcher) unsettled(ctx context.Context, rec *correlation.Record) ([]
 			continue
 		}
 		seen[k] = true
-		m, err := stream.GetLastMsgForSubject(ctx, status.Subject(rec.Action, e.Device))
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			open = append(open, e)
-			continue
-		}
+		last, err := lastEvent(ctx, stream, status.Subject(rec.Action, e.Device))
 		if err != nil {
 			return nil, err
 		}
-		var last status.Event
-		if err := json.Unmarshal(m.Data, &last); err != nil {
-			open = append(open, e)
+		if last != nil && (last.RequestID != rec.RequestID || last.Final) {
 			continue
 		}
-		if last.RequestID == rec.RequestID && !last.Final {
-			open = append(open, e)
+		lost, err := lastEvent(ctx, stream, status.Subject(status.UnknownAction, e.Device))
+		if err != nil {
+			return nil, err
 		}
+		if lost != nil && lost.RequestID == rec.RequestID && lost.Final {
+			continue
+		}
+		open = append(open, e)
 	}
 	return open, nil
+}
+
+// lastEvent is the latest event on subject; nil when it has none or it
+// cannot be read as one.
+func lastEvent(ctx context.Context, stream jetstream.Stream, subject string) (*status.Event, error) {
+	m, err := stream.GetLastMsgForSubject(ctx, subject)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var ev status.Event
+	if json.Unmarshal(m.Data, &ev) != nil {
+		return nil, nil
+	}
+	return &ev, nil
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
@@ -358,4 +359,26 @@ func TestAStopWithNATSAwayStillEnds(t *testing.T) {
 	case <-time.After(45 * time.Second):
 		t.Fatal("the stop did not end while NATS was away")
 	}
+}
+
+// Issue 19.11: a final callback that found no record went to the unknown
+// action's subject, and the deadline check then timed the device out on its
+// action's subject although ThingSpace had said it succeeded.
+func TestADeadlineDoesNotTimeOutADeviceWhoseCallbackFoundNoRecord(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, simulator.Faults{StuckShare: 1}) // the request status never settles it
+	e.watch()
+	e.start(e.config(func(c *dispatch.Config) { c.CallbackDeadline = 3 * time.Second }))
+	e.publish("enable", enableBody("lost-record", 1), "")
+	accepted := e.outcomeFor(1, 20*time.Second)
+	require.Equal(t, status.Accepted, accepted.Status)
+	// What the ingest stores for a callback whose record it did not find.
+	lost := status.Event{EventID: "lost-1", RequestID: accepted.RequestID, Action: status.UnknownAction, AccountName: accepted.AccountName,
+		Device: accepted.Device, Status: status.Succeeded, Final: true, OccurredAt: time.Now().UTC()}
+	m := nats.NewMsg(lost.Subject())
+	m.Data = lost.AppendJSON(nil)
+	_, err := e.js.PublishMsg(context.Background(), m)
+	require.NoError(t, err)
+	require.Never(t, func() bool { return e.count(status.TimedOut) > 0 }, 8*time.Second, 50*time.Millisecond,
+		"the device succeeded; the deadline leaves it alone")
 }

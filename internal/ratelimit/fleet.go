@@ -84,13 +84,20 @@ type state struct {
 // reading it until ctx ends.
 func NewFleet(ctx context.Context, js jetstream.JetStream, cfg FleetConfig) (*Fleet, error) {
 	cfg.setDefaults()
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	bucket := jetstream.KeyValueConfig{
 		Bucket:      Bucket,
 		Description: "ThingSpace call budget shared by the dispatchers",
 		History:     1,
 		Replicas:    max(cfg.Replicas, 1),
 		Storage:     jetstream.FileStorage,
-	})
+	}
+	// A create first: on a fresh cluster an update of a bucket that does
+	// not exist yet waits out its timeout before the create (nats.go's
+	// CreateOrUpdate order).
+	kv, err := js.CreateKeyValue(ctx, bucket)
+	if errors.Is(err, jetstream.ErrBucketExists) {
+		kv, err = js.UpdateKeyValue(ctx, bucket)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("bucket %s: %w", Bucket, err)
 	}

@@ -93,6 +93,10 @@ const SubjectPrefix = "thingspace.profile.status"
 // SubjectWildcard matches every status subject.
 const SubjectWildcard = SubjectPrefix + ".>"
 
+// UnknownAction names the action of an event made from a callback whose
+// requestId has no record and which does not say which action it answers.
+const UnknownAction = "unknown"
+
 // Subject is thingspace.profile.status.<action>.<iccid, else eid, ...>.
 func Subject(action string, d device.Set) string {
 	return SubjectPrefix + "." + Token(action) + "." + Token(d.Key())
