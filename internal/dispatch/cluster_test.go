@@ -20,7 +20,8 @@ import (
 )
 
 // TestAFleetOnAClusterBehavesAsOne runs three dispatchers against a
-// three-node JetStream cluster with R3 streams: the fleet keeps the shared
+// three-node JetStream cluster with R3 streams, one of them on a clock 2 s
+// ahead and one whose NATS answers 50 ms late: the fleet keeps the shared
 // rate in every second, every command is accepted once, one device's
 // actions keep their order, and stopping one NATS node and the active
 // dispatcher mid-run loses nothing.
@@ -55,8 +56,17 @@ func TestAFleetOnAClusterBehavesAsOne(t *testing.T) {
 	})
 	var stops []func() error
 	var svcs []*dispatch.Service
-	for range 3 {
-		stop, svc := e.startService(cfg)
+	slow := natstest.NewProxy(t, cluster.Servers[2].URL())
+	slow.Slow(50)
+	for i := range 3 {
+		c, opts := cfg, []dispatch.Option(nil)
+		switch i {
+		case 1:
+			opts = append(opts, dispatch.WithClock(func() time.Time { return time.Now().Add(2 * time.Second) }))
+		case 2:
+			c.NATS.URL = slow.URL()
+		}
+		stop, svc := e.startService(c, opts...)
 		stops = append(stops, stop)
 		svcs = append(svcs, svc)
 	}

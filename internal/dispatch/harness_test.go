@@ -111,11 +111,11 @@ func (e *env) start(cfg dispatch.Config) (stop func() error) {
 }
 
 // startService is start, also handing back the service.
-func (e *env) startService(cfg dispatch.Config) (stop func() error, svc *dispatch.Service) {
+func (e *env) startService(cfg dispatch.Config, opts ...dispatch.Option) (stop func() error, svc *dispatch.Service) {
 	e.t.Helper()
 	started := make(chan struct{})
 	svc, err := dispatch.New(cfg, zerolog.New(zerolog.NewTestWriter(e.t)).Level(zerolog.WarnLevel),
-		dispatch.WithStarted(func(string) { close(started) }))
+		append(opts, dispatch.WithStarted(func(string) { close(started) }))...)
 	require.NoError(e.t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -35,6 +35,11 @@ func WithLimiter(l ratelimit.Limiter) Option { return func(s *Service) { s.limit
 // WithRegistry registers metrics on reg instead of a new registry.
 func WithRegistry(reg *prometheus.Registry) Option { return func(s *Service) { s.reg = reg } }
 
+// WithClock replaces this host's clock as the fleet rate limiter reads it
+// (it counts in the server's time, measured against this one): a test hook
+// for a host whose clock runs ahead.
+func WithClock(now func() time.Time) Option { return func(s *Service) { s.clock = now } }
+
 // WithStarted is called once the service is ready, with its admin address.
 func WithStarted(f func(adminAddr string)) Option { return func(s *Service) { s.started = f } }
 
@@ -48,6 +53,7 @@ type Service struct {
 	limiter ratelimit.Limiter
 	reg     *prometheus.Registry
 	started func(string)
+	clock   func() time.Time
 	batches atomic.Int64
 }
 
@@ -124,7 +130,7 @@ func (s *Service) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	d := &dispatcher{cfg: s.cfg, log: s.log, m: newMetrics(s.reg), js: js, pull: pl, ts: s.ts, limiter: s.limiter, batches: &s.batches}
+	d := &dispatcher{cfg: s.cfg, log: s.log, m: newMetrics(s.reg), js: js, pull: pl, ts: s.ts, limiter: s.limiter, clock: s.clock, batches: &s.batches}
 	if err := d.setup(ctx); err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -157,6 +163,7 @@ type dispatcher struct {
 	limiter ratelimit.Limiter
 
 	registered registrations
+	clock      func() time.Time // for the fleet limiter; nil: time.Now
 	batches    *atomic.Int64
 }
 
@@ -186,6 +193,7 @@ func (d *dispatcher) setup(ctx context.Context) error {
 				Burst:     d.cfg.Burst,
 				Replicas:  d.cfg.StreamReplicas,
 				Log:       d.log.With().Str(observability.FieldComponent, "ratelimit").Logger(),
+				Clock:     d.clock,
 			})
 			d.limiter = fleet
 			return err
