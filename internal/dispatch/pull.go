@@ -28,7 +28,7 @@ type puller struct {
 	subject string // the consumer's next-message API subject
 	prefix  string // replies go to prefix + n
 	sub     *nats.Subscription
-	msgs    chan *nats.Msg
+	msgs    chan *nats.Msg // room for every open request's batch and status
 	pin     string // the pin id this client holds, "" when none
 	n       uint64
 	open    []*pullRequest // requests the server may still be serving, oldest first
@@ -40,7 +40,7 @@ type pullRequest struct {
 	batch    int
 	maxBytes int
 	got      int
-	bytes    int
+	bytes    int       // of what it brought, as the server counts
 	until    time.Time // by then the server has ended it
 }
 
@@ -59,9 +59,10 @@ func newPuller(nc *nats.Conn, js jetstream.JetStream) (*puller, error) {
 		nc:      nc,
 		subject: api + "CONSUMER.MSG.NEXT." + broker.CommandStream + "." + broker.DispatcherConsumer,
 		prefix:  nc.NewInbox() + ".",
-		// Room for what every open request may bring, and their ends: a
-		// full channel would drop messages.
-		msgs: make(chan *nats.Msg, maxOpen*(maxPull+8)),
+		// Room for what every open request may bring, and their ends, twice
+		// over (a request thought over a little early): a full channel
+		// would drop messages.
+		msgs: make(chan *nats.Msg, 2*maxOpen*(maxPull+8)),
 	}
 	sub, err := nc.ChanSubscribe(p.prefix+"*", p.msgs)
 	if err != nil {
@@ -78,8 +79,29 @@ func (p *puller) busy(now time.Time) bool {
 	return len(p.open) > 0
 }
 
+// over: it brought its batch, its status said it brought all it will, its
+// bytes are spent as the server counts them (a request filled to exactly
+// max_bytes ends without a word), or its time is up.
 func (r *pullRequest) over(now time.Time) bool {
 	return r.got >= r.batch || (r.maxBytes > 0 && r.bytes >= r.maxBytes) || !now.Before(r.until)
+}
+
+// serverSize is m's size as the server counts it against max_bytes: before
+// it added the pin header (genHeader in nats-server: a header line, and
+// the header block's first and last lines when the message had none).
+// Counted a little short it only makes the request wait for its expiry;
+// counted long it lets one more request in, which the channel has room for.
+func serverSize(m *nats.Msg) int {
+	n := m.Size()
+	pin := m.Header.Get(pinHeader)
+	if pin == "" {
+		return n
+	}
+	n -= len(pinHeader) + len(": ") + len(pin) + len("\r\n")
+	if len(m.Header) == 1 {
+		n -= len("NATS/1.0\r\n") + len("\r\n")
+	}
+	return n
 }
 
 func dropWhile(rs []*pullRequest, f func(*pullRequest) bool) []*pullRequest {
@@ -156,7 +178,7 @@ func (p *puller) read(m *nats.Msg) read {
 	for _, r := range p.open {
 		if !r.over(time.Time{}) {
 			r.got++
-			r.bytes += m.Size()
+			r.bytes += serverSize(m)
 			break
 		}
 	}
