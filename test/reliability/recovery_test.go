@@ -63,9 +63,9 @@ func TestDispatcherKilledAtScaleRecoversQuickly(t *testing.T) {
 	nextCall := after[0].At.Sub(killedAt)
 	rateBefore := devicesPerSecond(before)
 	// After: from the first call after the kill over as long a spell as
-	// before, while the backlog lasts (the commands the dead one held come
-	// back only after its ack wait).
-	span := before[len(before)-1].At.Sub(before[0].At)
+	// before (3 s at least, for a steadier figure), while the backlog lasts
+	// (the commands the dead one held come back only after its ack wait).
+	span := max(before[len(before)-1].At.Sub(before[0].At), 3*time.Second)
 	var spell []simulator.Call
 	for _, c := range after {
 		if c.At.Sub(after[0].At) <= span {
