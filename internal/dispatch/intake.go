@@ -29,21 +29,15 @@ const pinHeader = "Nats-Pin-Id"
 func (d *dispatcher) intake(ctx context.Context) {
 	var s *session
 	defer func() {
-		d.pull.close()
-		// What came and was not taken goes back at once, in order.
-		for {
-			select {
-			case m := <-d.pull.msgs:
-				if len(m.Data) > 0 {
-					_ = m.Nak()
-				}
-				continue
-			default:
-			}
-			break
-		}
 		if s != nil {
 			s.end()
+		}
+		d.pull.close()
+		// What came and was not taken goes back at once, after what was.
+		for len(d.pull.msgs) > 0 {
+			if m := <-d.pull.msgs; len(m.Data) > 0 {
+				_ = m.Nak()
+			}
 		}
 	}()
 	keepPin := time.NewTicker(d.cfg.PinnedTTL / 3)
