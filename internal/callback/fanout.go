@@ -174,7 +174,7 @@ func (f *fanout) handleItems(msg *message.Message, items []rawCallback, parsed [
 
 // unpublishedWaits is how many CORRELATION_GRACE spans a callback waits for
 // the accepted events of a record that exists.
-const unpublishedWaits = 10
+const unpublishedWaits = 3
 
 // handleOne turns one stored callback into its event; pc is what the
 // intake parsed of it, nil when it must be parsed here. A final event's
@@ -202,8 +202,9 @@ func (f *fanout) handleOne(ctx context.Context, msg *message.Message, it rawCall
 	case err == nil && !rec.Published && waited < unpublishedWaits*f.grace:
 		// The dispatcher has the record and is still storing the accepted
 		// events: the callback's event lands after them. A dispatcher gone
-		// before it stored them sends its commands again; this request's
-		// callbacks still become events, with its record, at the end.
+		// before it stored them sends its commands again under a new
+		// requestId; this request's callbacks still become events, with its
+		// record, once the wait is over.
 		return retry("record_pending", fmt.Errorf("request %s: accepted events not stored yet", pc.cb.RequestID))
 	case err == nil:
 	case errors.Is(err, correlation.ErrNotFound):
