@@ -184,9 +184,9 @@ func (s *session) lift(floor uint64, now time.Time) {
 	s.mu.Lock()
 	rel, acks := s.book.Floor(floor)
 	fails := s.applyLocked(rel)
-	r2, a2 := s.book.Expire(now, s.d.fenceTTL())
+	r2, a2 := s.book.Expire(now, s.d.awayTTL())
 	if len(r2) > 0 || len(a2) > 0 {
-		s.d.log.Warn().Int(observability.FieldDevices, len(r2)).Dur("waited", s.d.fenceTTL()).
+		s.d.log.Warn().Int(observability.FieldDevices, len(r2)).Dur("waited", s.d.awayTTL()).
 			Msg("commands read at the takeover did not come back; the devices' later commands go on")
 	}
 	fails = append(fails, s.applyLocked(r2)...)
@@ -293,10 +293,10 @@ func (s *session) keep() {
 	}
 }
 
-// fenceTTL is how long what a takeover read learned holds its devices'
+// awayTTL is how long what a takeover read learned holds its devices'
 // later commands back before they go anyway: the command may have left the
 // stream, or be stuck with a dispatcher that lost its pin.
-func (d *dispatcher) fenceTTL() time.Duration {
+func (d *dispatcher) awayTTL() time.Duration {
 	return 2*d.cfg.AckWait + d.cfg.ShutdownGrace + 10*time.Second
 }
 
