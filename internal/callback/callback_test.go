@@ -465,7 +465,13 @@ func TestListenersServeHealthAndMetricsWhereTheContractSays(t *testing.T) {
 	s.postOK(callbackBody(cbOpts{requestID: "req-metrics", iccid: "89148000000840784271"}))
 	s.post(callbackBody(cbOpts{requestID: "req-metrics", iccid: "89148000000840784271"}), "", "")
 	s.waitEvents("req-metrics", 1)
-	m := scrape(t, s)
+	// A final event is counted once its store's ack came back, which may be
+	// after the event is seen in the stream.
+	var m string
+	require.Eventually(t, func() bool {
+		m = scrape(t, s)
+		return strings.Contains(m, "esim_ingest_fanout_lag_seconds_count 1")
+	}, 10*time.Second, 20*time.Millisecond)
 	for _, want := range []string{
 		`esim_ingest_callbacks_total{code="200"} 1`,
 		`esim_ingest_callbacks_total{code="401"} 1`,
