@@ -28,6 +28,8 @@ type metrics struct {
 	groupCommit   prometheus.Histogram   // callbacks stored by one message, when more than one
 	reparsed      prometheus.Counter     // stored callbacks the fan-out had to parse again
 	tlsReloads    *prometheus.CounterVec // certificate pairs loaded after the start, by result
+	indexWrites   prometheus.Counter     // EID index keys stored
+	indexErrors   prometheus.Counter     // EID index writes that failed (the event comes back)
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -97,7 +99,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Name: "esim_ingest_tls_reloads_total",
 		Help: "Rewritten TLS certificate pairs of the callback listener, by result (ok: served to new connections; error: did not load, the previous pair stays).",
 	}, []string{"result"})
-	reg.MustRegister(m.tlsReloads)
+	m.indexWrites = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "esim_ingest_eid_index_writes_total",
+		Help: "EID index keys (bucket thingspace_eids) stored: a status event named an EID under a subject id (ICCID) not indexed or not refreshed for a day.",
+	})
+	m.indexErrors = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "esim_ingest_eid_index_errors_total",
+		Help: "EID index writes that failed or timed out; their status events are delivered again.",
+	})
+	reg.MustRegister(m.tlsReloads, m.indexWrites, m.indexErrors)
 	for _, r := range []string{"ok", "error"} {
 		m.tlsReloads.WithLabelValues(r)
 	}
@@ -133,10 +143,12 @@ func (m *metrics) answered(code int) {
 	m.callbacks.WithLabelValues(strconv.Itoa(code)).Inc()
 }
 
-// consumerCollector reports the fan-out consumer's backlog at scrape time:
-// esim_ingest_fanout_pending_messages (stored, not yet delivered) and
-// esim_ingest_fanout_ack_pending_messages (delivered, not yet acked,
-// including callbacks waiting for their record).
+// consumerCollector reports a durable consumer's backlog at scrape time:
+// <prefix>_pending_messages (stored, not yet delivered),
+// <prefix>_ack_pending_messages (delivered, not yet acked) and
+// <prefix>_redelivered_messages. The fan-out's (esim_ingest_fanout_: the
+// callbacks, including those waiting for their record) and the EID index's
+// (esim_ingest_eid_index_: the status events).
 type consumerCollector struct {
 	consumer   func() jetstream.Consumer
 	pending    *prometheus.Desc
@@ -144,15 +156,15 @@ type consumerCollector struct {
 	redeliver  *prometheus.Desc
 }
 
-func newConsumerCollector(consumer func() jetstream.Consumer) *consumerCollector {
+func newConsumerCollector(prefix, what, by string, consumer func() jetstream.Consumer) *consumerCollector {
 	return &consumerCollector{
 		consumer: consumer,
-		pending: prometheus.NewDesc("esim_ingest_fanout_pending_messages",
-			"Callbacks stored but not yet delivered to the fan-out.", nil, nil),
-		ackPending: prometheus.NewDesc("esim_ingest_fanout_ack_pending_messages",
-			"Callbacks delivered to the fan-out and not yet acknowledged.", nil, nil),
-		redeliver: prometheus.NewDesc("esim_ingest_fanout_redelivered_messages",
-			"Callbacks delivered more than once and not yet acknowledged.", nil, nil),
+		pending: prometheus.NewDesc(prefix+"_pending_messages",
+			what+" stored but not yet delivered to "+by+".", nil, nil),
+		ackPending: prometheus.NewDesc(prefix+"_ack_pending_messages",
+			what+" delivered to "+by+" and not yet acknowledged.", nil, nil),
+		redeliver: prometheus.NewDesc(prefix+"_redelivered_messages",
+			what+" delivered more than once and not yet acknowledged.", nil, nil),
 	}
 }
 

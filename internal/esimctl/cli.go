@@ -47,6 +47,10 @@ func opErr(err error) error {
 	return &opError{err}
 }
 
+// errSaid marks an error whose message the command already printed on
+// stderr, with what it means for the work.
+var errSaid = errors.New("said")
+
 // app is one invocation.
 type app struct {
 	getenv         func(string) string
@@ -89,6 +93,9 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		fmt.Fprintln(stderr, "esimctl:", err)
 		return ExitNotAll
 	case errors.Is(err, ErrInterrupted):
+		if !errors.Is(err, errSaid) {
+			fmt.Fprintln(stderr, "esimctl: interrupted")
+		}
 		return ExitInterrupted
 	case errors.As(err, &file):
 		fmt.Fprintln(stderr, "esimctl:", err)
