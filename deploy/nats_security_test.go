@@ -251,6 +251,29 @@ func TestTheShippedPermissionsCarryTheWholePathOverMutualTLS(t *testing.T) {
 		logs.Write(errOut.Bytes()) // scanned for passwords below
 	})
 
+	t.Run("esimctl_lists_and_replays_dead_letters_the_operator_reads_them", func(t *testing.T) {
+		_, err := producer.Publish(ctx, "thingspace.profile.commands.enable", []byte(`{"commandId":"secure-broken"`))
+		require.NoError(t, err)
+		require.Eventually(t, func() bool { return msgs(t, operator, broker.DeadLetterStream) > 0 }, 20*time.Second, 20*time.Millisecond)
+		n := s.as("esimctl")
+		env := map[string]string{"NATS_URL": n.URL, "NATS_TLS_CA": n.TLSCA, "NATS_TLS_CERT": n.TLSCert, "NATS_TLS_KEY": n.TLSKey, "HOME": t.TempDir()}
+		var out, errOut bytes.Buffer
+		code := esimctl.Run(ctx, []string{"deadletters", "list"}, mapEnv(env), &out, &errOut)
+		require.Equal(t, esimctl.ExitOK, code, "esimctl deadletters list: %s", errOut.String())
+		require.Contains(t, out.String(), "undecodable command")
+		code = esimctl.Run(ctx, []string{"deadletters", "replay", "--reason", "undecodable"}, mapEnv(env), &out, &errOut)
+		require.Equal(t, esimctl.ExitOK, code, "esimctl deadletters replay: %s", errOut.String())
+		require.Contains(t, errOut.String(), "replayed 1 of 1 dead letters")
+
+		o := s.as("operator")
+		oenv := map[string]string{"NATS_URL": o.URL, "NATS_TLS_CA": o.TLSCA, "NATS_TLS_CERT": o.TLSCert, "NATS_TLS_KEY": o.TLSKey, "HOME": t.TempDir()}
+		out.Reset()
+		code = esimctl.Run(ctx, []string{"deadletters", "show", "1"}, mapEnv(oenv), &out, &errOut)
+		require.Equal(t, esimctl.ExitOK, code, "esimctl deadletters show as the operator: %s", errOut.String())
+		require.Contains(t, out.String(), "replay:  replayed ")
+		logs.Write(errOut.Bytes())
+	})
+
 	t.Run("the_operator_looks_a_device_up_by_EID", func(t *testing.T) {
 		_, js, _ := s.connect("operator")
 		found, err := broker.LookupDevice(short(t), js, "89049032000000000000000000000007")

@@ -7,6 +7,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/esim-pipeline/thingspace-esim/internal/broker"
 )
 
 // metrics are what callback-ingest shows on /metrics, all prefixed
@@ -188,4 +190,43 @@ func (c *consumerCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.pending, prometheus.GaugeValue, float64(info.NumPending))
 	ch <- prometheus.MustNewConstMetric(c.ackPending, prometheus.GaugeValue, float64(info.NumAckPending))
 	ch <- prometheus.MustNewConstMetric(c.redeliver, prometheus.GaugeValue, float64(info.NumRedelivered))
+}
+
+// deadLetterCollector reports, at scrape time, what the dead-letter stream
+// holds per subject, whichever service stored it (the dispatcher's
+// commands, this service's callbacks): esim_ingest_deadletter_messages
+// {subject}. Both subjects are always reported, 0 when empty, so an alert
+// on their growth sees the first one arrive. It reads the stream's state
+// only, never a dead letter.
+type deadLetterCollector struct {
+	stream func() jetstream.Stream
+	kept   *prometheus.Desc
+}
+
+func newDeadLetterCollector(stream func() jetstream.Stream) *deadLetterCollector {
+	return &deadLetterCollector{stream: stream, kept: prometheus.NewDesc("esim_ingest_deadletter_messages",
+		"Dead letters kept in THINGSPACE_DEADLETTER, by subject (commands from the dispatcher, callbacks from the ingest), read from the stream at scrape time.",
+		[]string{"subject"}, nil)}
+}
+
+func (c *deadLetterCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.kept }
+
+func (c *deadLetterCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.stream()
+	if st == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(broker.DeadLetterSubjects))
+	if err != nil {
+		return
+	}
+	counts := map[string]uint64{broker.DeadLetterCommands: 0, broker.DeadLetterCallbacks: 0}
+	for subject, n := range info.State.Subjects {
+		counts[subject] = n
+	}
+	for subject, n := range counts {
+		ch <- prometheus.MustNewConstMetric(c.kept, prometheus.GaugeValue, float64(n), subject)
+	}
 }

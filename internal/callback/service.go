@@ -81,6 +81,11 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger, opts ...Option) er
 			return *c
 		}
 		return nil
+	}), newDeadLetterCollector(func() jetstream.Stream {
+		if d := s.deadLetters.Load(); d != nil {
+			return *d
+		}
+		return nil
 	}))
 	return s.run(ctx, reg, o.onReady)
 }
@@ -97,6 +102,7 @@ type service struct {
 	consumer  atomic.Pointer[jetstream.Consumer]
 
 	indexConsumer atomic.Pointer[jetstream.Consumer]
+	deadLetters   atomic.Pointer[jetstream.Stream]
 	index         *indexer   // set by start
 	indexConn     *nats.Conn // set by start
 }
@@ -370,6 +376,14 @@ func (s *service) start(ctx context.Context) (nc, fanConn *nats.Conn, router *me
 	s.js.Store(&js)
 	s.consumer.Store(&consumer)
 	s.indexConsumer.Store(&indexCons)
+	var deadLetterStream jetstream.Stream
+	if err := broker.Retry(ctx, func(ctx context.Context) (err error) {
+		deadLetterStream, err = js.Stream(ctx, broker.DeadLetterStream)
+		return err
+	}); err != nil {
+		return fail(fmt.Errorf("stream %s: %w", broker.DeadLetterStream, err))
+	}
+	s.deadLetters.Store(&deadLetterStream)
 	s.readiness.Load().SetReady()
 
 	// The watermill subscriber drains the connection it is given when it

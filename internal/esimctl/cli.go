@@ -128,7 +128,8 @@ NATS_CONTEXT; the variables and the flags override it).`,
 		Example: `  esimctl submit --action disable --account 0000123456-00001 \
       --smsr-oid 1.3.6.1.4.1.31746.1.500.200.101.5 devices.csv
   esimctl watch 3f9c2a0d11b7e845
-  esimctl status 89148000000000000101`,
+  esimctl status 89148000000000000101
+  esimctl deadletters list --since 24h`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
@@ -146,7 +147,7 @@ NATS_CONTEXT; the variables and the flags override it).`,
 	pf.StringVar(&a.logLevel, "log-level", "", "log level: debug, info, warn, error (env LOG_LEVEL) [default warn]")
 	pf.DurationVar(&a.connectTimeout, "connect-timeout", 10*time.Second, "how long to wait for NATS")
 	_ = root.RegisterFlagCompletionFunc("log-level", cobra.FixedCompletions([]string{"debug", "info", "warn", "error"}, cobra.ShellCompDirectiveNoFileComp))
-	root.AddCommand(a.submitCmd(), a.watchCmd(), a.statusCmd())
+	root.AddCommand(a.submitCmd(), a.watchCmd(), a.statusCmd(), a.deadlettersCmd())
 	return root
 }
 

@@ -5,7 +5,8 @@
 // writes one results row per input row.
 //
 // Verbs: submit, watch, status (an ICCID or an EID, read with
-// broker.LookupDevice) (see [Run]). Whatever the exit code other than 0,
+// broker.LookupDevice), deadletters list, show and replay (each dead letter
+// replayed once, by the rule of broker.ReplayMsg) (see [Run]). Whatever the exit code other than 0,
 // stderr says why. Exit codes: 0 every device
 // succeeded, 1 some did not (or the run could not be followed), 2 bad usage
 // or a bad file (nothing published), 130 interrupted (the work goes on).
