@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -46,8 +47,14 @@ func EIDIndexValue(key string) []byte { return []byte(status.DeviceSubjects(key)
 // that passed validation always can.
 func keyToken(s string) bool { return len(s) <= 64 && inboxToken(s) }
 
-// EventEID reads the EID an encoded status event names ("" for none).
+// EventEID reads the EID an encoded status event names ("" for none). The
+// ingest reads it of every status event, so the common shape (what
+// status.Event.AppendJSON and encoding/json write: no white space, the
+// device object flat) is read with a scan; anything else is decoded.
 func EventEID(data []byte) string {
+	if eid, ok := scanEID(data); ok {
+		return eid
+	}
 	var ev struct {
 		Device struct {
 			EID string `json:"eid"`
@@ -57,6 +64,48 @@ func EventEID(data []byte) string {
 		return ""
 	}
 	return ev.Device.EID
+}
+
+var (
+	deviceKey = []byte(`"device":{`)
+	eidKey    = []byte(`"eid":"`)
+)
+
+// scanEID finds the device object's eid without decoding the event; false
+// when the event is not of the plain shape the scan can be sure of. In JSON
+// a quote inside a string is escaped, so `"device":{` outside of one is the
+// key itself.
+func scanEID(data []byte) (string, bool) {
+	if bytes.Count(data, deviceKey) != 1 {
+		return "", false // none, or a repeated key (the last one counts)
+	}
+	i := bytes.Index(data, deviceKey)
+	obj := data[i+len(deviceKey):]
+	end := bytes.IndexByte(obj, '}')
+	if end < 0 {
+		return "", false
+	}
+	obj = obj[:end]
+	// A flat object of plain strings: no escape, no nesting, quotes paired.
+	if bytes.IndexByte(obj, '\\') >= 0 || bytes.IndexByte(obj, '{') >= 0 || bytes.Count(obj, []byte{'"'})%2 != 0 {
+		return "", false
+	}
+	j := bytes.Index(obj, eidKey)
+	if j < 0 {
+		if bytes.Contains(obj, []byte(`"eid"`)) {
+			return "", false // "eid" : ..., or not a string
+		}
+		return "", true
+	}
+	if j > 0 && obj[j-1] != ',' {
+		return "", false // inside a value
+	}
+	v := obj[j+len(eidKey):]
+	k := bytes.IndexByte(v, '"')
+	if k < 0 {
+		return "", false
+	}
+	return string(v[:k]), true
 }
 
 // StoredEvent is one status event as the status stream holds it.
