@@ -161,7 +161,7 @@ func (x *indexer) run(ctx context.Context) error {
 		if err != nil {
 			x.written.forget(key)
 			x.m.indexErrors.Inc()
-			_ = msg.NakWithDelay(time.Second)
+			_ = msg.NakWithDelay(indexRetryDelay(msg))
 			return
 		}
 		writes <- indexWrite{msg: msg, fut: fut, key: key}
@@ -201,7 +201,18 @@ func (x *indexer) await(w indexWrite) {
 	}
 	x.written.forget(w.key)
 	x.m.indexErrors.Inc()
-	_ = w.msg.NakWithDelay(time.Second)
+	_ = w.msg.NakWithDelay(indexRetryDelay(w.msg))
+}
+
+// indexRetryDelay is when an event whose key could not be written comes
+// back: a second per delivery so far, at most 30. Up to the consumer's
+// 20,000 unacknowledged events may be waiting on a bucket that is gone.
+func indexRetryDelay(msg jetstream.Msg) time.Duration {
+	n := uint64(1)
+	if meta, err := msg.Metadata(); err == nil {
+		n = meta.NumDelivered
+	}
+	return time.Duration(min(max(n, 1), 30)) * time.Second
 }
 
 // IndexStats say what a rebuild of the EID index did.
