@@ -261,6 +261,7 @@ func TestJetStreamDefinitionsMatchServices(t *testing.T) {
 		broker.DispatcherConsumer:     broker.CommandStream,
 		broker.DeadlineConsumer:       broker.DeadlineStream,
 		broker.CallbackFanoutConsumer: broker.CallbackStream,
+		broker.EIDIndexConsumer:       broker.StatusStream,
 	}
 	select {
 	case <-ready:
@@ -304,7 +305,7 @@ func TestJetStreamDefinitionsMatchServices(t *testing.T) {
 	_, err = esimctl.OpenRuns(octx, js, 1)
 	require.NoError(t, err)
 
-	for _, bucket := range []string{broker.RequestBucket, esimctl.RunBucket} {
+	for _, bucket := range []string{broker.RequestBucket, broker.EIDBucket, esimctl.RunBucket} {
 		t.Run("the backing stream of bucket "+bucket, func(t *testing.T) {
 			bodies := rec.wait(t, rec.streams, "KV_"+bucket)
 			require.NotEmpty(t, bodies, "the bucket %s was not created", bucket)
@@ -313,7 +314,7 @@ func TestJetStreamDefinitionsMatchServices(t *testing.T) {
 			}
 		})
 	}
-	require.Equal(t, []string{kvFile(esimctl.RunBucket), kvFile(broker.RequestBucket)}, jsonFiles(t, kvDir), "one file per bucket, no stale ones")
+	require.Equal(t, []string{kvFile(esimctl.RunBucket), kvFile(broker.EIDBucket), kvFile(broker.RequestBucket)}, jsonFiles(t, kvDir), "one file per bucket, no stale ones")
 
 	var want []string
 	for durable, stream := range wantConsumers {
@@ -362,7 +363,7 @@ func TestJetStreamFilesApply(t *testing.T) {
 		_, err := js.CreateStream(ctx, cfg)
 		require.NoError(t, err, "the server refuses %s", file)
 	}
-	for _, bucket := range []string{broker.RequestBucket, esimctl.RunBucket} {
+	for _, bucket := range []string{broker.RequestBucket, broker.EIDBucket, esimctl.RunBucket} {
 		_, err := js.KeyValue(ctx, bucket)
 		require.NoError(t, err, "%s makes a usable bucket", kvFile(bucket))
 	}

@@ -242,7 +242,44 @@ func TestTheShippedPermissionsCarryTheWholePathOverMutualTLS(t *testing.T) {
 		code = esimctl.Run(ctx, []string{"status", "89148000000000099001"}, mapEnv(env), &out, &errOut)
 		require.Equal(t, esimctl.ExitOK, code, "esimctl status: %s", errOut.String())
 		require.Contains(t, out.String(), "succeeded")
+		// By EID, through the index the ingest keeps as its user.
+		require.Eventually(t, func() bool {
+			out.Reset()
+			code = esimctl.Run(ctx, []string{"status", "89049032000000000000000000099002"}, mapEnv(env), &out, &errOut)
+			return code == esimctl.ExitOK && strings.Contains(out.String(), "89148000000000099002")
+		}, 20*time.Second, 50*time.Millisecond, "esimctl status EID: %s", errOut.String())
 		logs.Write(errOut.Bytes()) // scanned for passwords below
+	})
+
+	t.Run("esimctl_lists_and_replays_dead_letters_the_operator_reads_them", func(t *testing.T) {
+		_, err := producer.Publish(ctx, "thingspace.profile.commands.enable", []byte(`{"commandId":"secure-broken"`))
+		require.NoError(t, err)
+		require.Eventually(t, func() bool { return msgs(t, operator, broker.DeadLetterStream) > 0 }, 20*time.Second, 20*time.Millisecond)
+		n := s.as("esimctl")
+		env := map[string]string{"NATS_URL": n.URL, "NATS_TLS_CA": n.TLSCA, "NATS_TLS_CERT": n.TLSCert, "NATS_TLS_KEY": n.TLSKey, "HOME": t.TempDir()}
+		var out, errOut bytes.Buffer
+		code := esimctl.Run(ctx, []string{"deadletters", "list"}, mapEnv(env), &out, &errOut)
+		require.Equal(t, esimctl.ExitOK, code, "esimctl deadletters list: %s", errOut.String())
+		require.Contains(t, out.String(), "undecodable command")
+		code = esimctl.Run(ctx, []string{"deadletters", "replay", "--reason", "undecodable"}, mapEnv(env), &out, &errOut)
+		require.Equal(t, esimctl.ExitOK, code, "esimctl deadletters replay: %s", errOut.String())
+		require.Contains(t, errOut.String(), "replayed 1 of 1 dead letters")
+
+		o := s.as("operator")
+		oenv := map[string]string{"NATS_URL": o.URL, "NATS_TLS_CA": o.TLSCA, "NATS_TLS_CERT": o.TLSCert, "NATS_TLS_KEY": o.TLSKey, "HOME": t.TempDir()}
+		out.Reset()
+		code = esimctl.Run(ctx, []string{"deadletters", "show", "1"}, mapEnv(oenv), &out, &errOut)
+		require.Equal(t, esimctl.ExitOK, code, "esimctl deadletters show as the operator: %s", errOut.String())
+		require.Contains(t, out.String(), "replay:  replayed ")
+		logs.Write(errOut.Bytes())
+	})
+
+	t.Run("the_operator_looks_a_device_up_by_EID", func(t *testing.T) {
+		_, js, _ := s.connect("operator")
+		found, err := broker.LookupDevice(short(t), js, "89049032000000000000000000000007")
+		require.NoError(t, err)
+		require.NotNil(t, found, "the index names the profile of the EID")
+		require.Contains(t, string(found.Latest.Data), "89148000000000000007")
 	})
 
 	t.Run("a_replay_runs_as_the_ingest_user", func(t *testing.T) {
@@ -263,6 +300,10 @@ func TestTheShippedPermissionsCarryTheWholePathOverMutualTLS(t *testing.T) {
 		require.Equal(t, before, msgs(t, js, broker.CommandStream), "no command was stored")
 		_, err = js.CreateOrUpdateConsumer(short(t), broker.CommandStream, jetstream.ConsumerConfig{Durable: "ingest-peek"})
 		require.Error(t, err, "the ingest made a consumer on the commands")
+		require.NoError(t, nc.Publish("$KV."+broker.RequestBucket+".req-forged", []byte(`{}`)))
+		require.NoError(t, nc.Flush())
+		require.Eventually(t, func() bool { return v.has("$KV." + broker.RequestBucket + ".req-forged") }, 5*time.Second, 10*time.Millisecond,
+			"the ingest writes its EID index and no other bucket")
 	})
 
 	t.Run("the_dispatcher_cannot_read_raw_callbacks", func(t *testing.T) {

@@ -62,18 +62,21 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	return nil
 }
 
-// replay re-runs the fan-out over the stored raw callbacks:
+// replay re-runs the fan-out over the stored raw callbacks, then writes the
+// EID index of the status events (all, or those since --since):
 //
 //	callback-ingest replay [--since 2026-11-20T00:00:00Z | --from-seq N] [--dry-run]
 //
-// Events already in the status stream (same eventId) are not published again.
+// Events already in the status stream (same eventId) are not published
+// again; index keys already there are written again, unchanged.
 func replay(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
 	var (
-		nc      config.NATS
-		level   string
-		since   string
-		fromSeq int
-		dry     bool
+		nc       config.NATS
+		level    string
+		since    string
+		fromSeq  int
+		dry      bool
+		replicas int
 	)
 	set := config.NewSet(program+" replay", stdout)
 	config.DeclareNATS(set, &nc)
@@ -81,10 +84,15 @@ func replay(ctx context.Context, args []string, getenv func(string) string, stdo
 	set.String(&since, "since", "REPLAY_SINCE", "", "replay callbacks stored at or after this RFC 3339 time (default: all)")
 	set.Int(&fromSeq, "from-seq", "REPLAY_FROM_SEQ", 0, "replay from this stream sequence instead")
 	set.Bool(&dry, "dry-run", "REPLAY_DRY_RUN", false, "count what would be published, publish nothing")
+	set.Int(&replicas, "stream-replicas", "STREAM_REPLICAS", 1, "replicas of the EID index bucket if the replay creates it")
 	if err := set.Parse(args, getenv); err != nil {
 		return err
 	}
-	opts := callback.ReplayOptions{DryRun: dry}
+	if replicas < 1 || replicas > 5 {
+		return fmt.Errorf("STREAM_REPLICAS: %d is out of range 1..5", replicas)
+	}
+	settings := broker.StreamSettings{Replicas: replicas}
+	opts := callback.ReplayOptions{DryRun: dry, Settings: settings}
 	if since != "" {
 		t, err := time.Parse(time.RFC3339, since)
 		if err != nil {
@@ -111,6 +119,7 @@ func replay(ctx context.Context, args []string, getenv func(string) string, stdo
 	}
 	st, err := callback.Replay(ctx, js, opts, log)
 	log.Info().Int("callbacks", st.Callbacks).Int("published", st.Published).Int("existing", st.Existing).
-		Int("unparseable", st.Unparseable).Bool("dry_run", dry).Msg("replay done")
+		Int("unparseable", st.Unparseable).Int("status_events", st.Index.Events).Int("eid_index_keys", st.Index.Written).
+		Bool("dry_run", dry).Msg("replay done")
 	return err
 }

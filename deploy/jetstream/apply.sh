@@ -1,5 +1,5 @@
 #!/bin/sh
-# Creates, or brings up to date, every stream, the two buckets and the
+# Creates, or brings up to date, every stream, the buckets and the
 # consumers of the pipeline from the definitions next to this script, with
 # the nats CLI (https://github.com/nats-io/natscli). It uses the CLI's usual
 # context and flags: NATS_URL, NATS_CREDS, --context ... through $NATS_OPTS.

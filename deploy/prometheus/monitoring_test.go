@@ -287,7 +287,8 @@ func TestTheAlertRulesAreWhatAnOperatorWakesUpFor(t *testing.T) {
 	uses("EsimThingSpaceErrors", "esim_dispatcher_thingspace_calls_total", `code=~"5xx|error"`)
 	uses("EsimThingSpaceAuthenticationFailing", "esim_dispatcher_thingspace_calls_total", `code=~"401|403"`)
 	uses("EsimDevicesTimedOut", "esim_dispatcher_devices_total", `status="timed_out"`)
-	uses("EsimDeadLettersArriving", "esim_dispatcher_deadletters_total", "esim_ingest_dead_letters_total")
+	uses("EsimDeadLettersArriving", "esim_ingest_deadletter_messages", "by (subject)")
+	uses("EsimDeadLettersPiledUp", "esim_ingest_deadletter_messages", "by (subject)")
 	require.Equal(t, "page", byName["EsimCallbacksAnswered503"].Labels["severity"], "a callback refused four times is lost: page")
 }
 

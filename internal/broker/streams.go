@@ -26,6 +26,8 @@ const (
 	DeadlineSubject        = "thingspace.profile.deadlines"
 	DeadlineConsumer       = "deadline-watcher"
 	RequestBucket          = "thingspace_requests"
+	EIDBucket              = "thingspace_eids"
+	EIDIndexConsumer       = "eid-index"
 	DispatcherConsumer     = "dispatcher"
 	CallbackFanoutConsumer = "callback-fanout"
 )
@@ -157,6 +159,36 @@ func RequestBucketConfig(s StreamSettings) jetstream.KeyValueConfig {
 		Replicas:    s.Replicas,
 		History:     1,
 	}
+}
+
+// EIDBucketConfig is the EID index: one key <eid>.<id> for each subject id
+// (an ICCID) under which a status event naming the EID was filed. Keys
+// outlive the status history they point at: the ingest writes a key again
+// when it meets it a day after it last wrote it (EIDIndexRefresh), and the
+// bucket keeps keys one refresh longer than the status stream keeps events.
+func EIDBucketConfig(s StreamSettings) jetstream.KeyValueConfig {
+	s.setDefaults()
+	return jetstream.KeyValueConfig{
+		Bucket:      EIDBucket,
+		Description: "EID index: <eid>.<id> for every status subject id (an ICCID) whose events named the EID",
+		TTL:         s.StatusMaxAge + EIDIndexRefresh,
+		Storage:     s.Storage,
+		Replicas:    s.Replicas,
+		History:     1,
+	}
+}
+
+// EIDIndexRefresh is how long an index key written stays trusted by its
+// writer before it writes the key again, renewing its age.
+const EIDIndexRefresh = 24 * time.Hour
+
+// EnsureBucket creates or updates the bucket cfg, tried again as [Ensure]
+// tries its definitions, until it holds or ctx ends.
+func EnsureBucket(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) error {
+	if err := retry(ctx, func(ctx context.Context) error { return createOrUpdateBucket(ctx, js, cfg) }); err != nil {
+		return fmt.Errorf("bucket %s: %w", cfg.Bucket, err)
+	}
+	return nil
 }
 
 // Ensure creates or updates every stream and the request bucket, all at

@@ -415,7 +415,11 @@ func TestUnparseableStoredCallbackIsDeadLettered(t *testing.T) {
 	assert.Equal(t, "t-1", dl[0].Header.Get("Trace-Id"), "original headers kept")
 	s.settle()
 	assert.Empty(t, s.events())
-	assert.Contains(t, scrape(t, s), `esim_ingest_dead_letters_total{source="fanout"} 1`)
+	metrics := scrape(t, s)
+	assert.Contains(t, metrics, `esim_ingest_dead_letters_total{source="fanout"} 1`)
+	assert.Contains(t, metrics, `esim_ingest_deadletter_messages{subject="thingspace.profile.deadletter.callbacks"} 1`,
+		"what the dead-letter stream holds, per subject")
+	assert.Contains(t, metrics, `esim_ingest_deadletter_messages{subject="thingspace.profile.deadletter.commands"} 0`)
 }
 
 func TestDeviceState(t *testing.T) {

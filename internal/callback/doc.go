@@ -1,7 +1,8 @@
 // Package callback is callback-ingest as a library: the public HTTP intake of
 // ThingSpace's DeviceProfileResponse callbacks (POST /callbacks), the fan-out
 // that turns each stored callback into one per-device status event, and the
-// admin listener's device-state endpoint (GET /devices/{id}).
+// admin listener's device-state endpoint (GET /devices/{id}: an ICCID, or an
+// EID through the EID index this package keeps; see eidindex.go).
 //
 // The flow, and where each promise is kept:
 //
@@ -10,6 +11,8 @@
 //	THINGSPACE_CALLBACKS ─ durable consumer "callback-fanout" ─ Watermill router
 //	    (CorrelationID, metrics, PoisonQueue ─> dead letter, Recoverer)
 //	    ─ requestId record (LRU) ─ status event, Nats-Msg-Id = eventId (PubAck) ─ ack
+//	THINGSPACE_STATUS (every event, the dispatcher's too) ─ durable consumer
+//	    "eid-index" ─ key <eid>.<iccid> in bucket thingspace_eids (PubAck) ─ ack
 //
 // A callback is answered 200 only after JetStream stored it, so a callback is
 // never lost between ThingSpace and the stream; the raw message is acked only

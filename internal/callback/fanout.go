@@ -150,6 +150,9 @@ func (f *fanout) handleItems(msg *message.Message, items []rawCallback, parsed [
 			}
 			hdr := nats.Header{}
 			hdr.Set(HeaderReceivedAt, it.ReceivedAt)
+			if of := msg.Metadata.Get(broker.HeaderDeadletterReplayed); of != "" {
+				hdr.Set(broker.HeaderDeadletterReplayed, of) // a replay is replayed once
+			}
 			dctx, dcancel := context.WithTimeout(msg.Context(), f.timeout)
 			dlErr := broker.DeadLetter(dctx, f.js, broker.DeadLetterCallbacks, it.Body, broker.CallbackSubject, hdr, err.Error())
 			dcancel()

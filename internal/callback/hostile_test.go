@@ -57,7 +57,7 @@ func rawCallback(requestID string, ids ...[2]string) []byte {
 func TestValuesThatWouldBecomeSubjectsOrKeysAreCheckedBeforeNATS(t *testing.T) {
 	s := startStack(t, func(c *callback.Config) { c.CorrelationGrace = 100 * time.Millisecond })
 	conns := ingestConns(t, s)
-	require.Len(t, conns, 2, "the intake's and the fan-out's connections")
+	require.Len(t, conns, 3, "the intake's, the fan-out's and the EID index's connections")
 	iccid := [2]string{"iccid", "89148000000840784401"}
 	long := strings.Repeat("7", 5000)
 	tests := []struct {
@@ -183,7 +183,8 @@ func TestCredentialsAreRemovedBeforeTheCallbackIsStored(t *testing.T) {
 	// would publish is already on its subject with its eventId.
 	stats, err := callback.Replay(context.Background(), s.js, callback.ReplayOptions{DryRun: true}, zerolog.Nop())
 	require.NoError(t, err)
-	require.Equal(t, callback.ReplayStats{Callbacks: 17, Existing: 17}, stats)
+	require.Equal(t, callback.ReplayStats{Callbacks: 17, Existing: 17, Index: callback.IndexStats{Events: 17, Written: 17}}, stats,
+		"and each event names its EID under its ICCID: 17 index keys it would write")
 	require.Equal(t, status.Subject("enable", device.Set{ICCID: iccid}), first[0].Subject)
 }
 

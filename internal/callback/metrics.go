@@ -7,6 +7,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/esim-pipeline/thingspace-esim/internal/broker"
 )
 
 // metrics are what callback-ingest shows on /metrics, all prefixed
@@ -28,6 +30,8 @@ type metrics struct {
 	groupCommit   prometheus.Histogram   // callbacks stored by one message, when more than one
 	reparsed      prometheus.Counter     // stored callbacks the fan-out had to parse again
 	tlsReloads    *prometheus.CounterVec // certificate pairs loaded after the start, by result
+	indexWrites   prometheus.Counter     // EID index keys stored
+	indexErrors   prometheus.Counter     // EID index writes that failed (the event comes back)
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -97,7 +101,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Name: "esim_ingest_tls_reloads_total",
 		Help: "Rewritten TLS certificate pairs of the callback listener, by result (ok: served to new connections; error: did not load, the previous pair stays).",
 	}, []string{"result"})
-	reg.MustRegister(m.tlsReloads)
+	m.indexWrites = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "esim_ingest_eid_index_writes_total",
+		Help: "EID index keys (bucket thingspace_eids) stored: a status event named an EID under a subject id (ICCID) not indexed or not refreshed for a day.",
+	})
+	m.indexErrors = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "esim_ingest_eid_index_errors_total",
+		Help: "EID index writes that failed or timed out; their status events are delivered again.",
+	})
+	reg.MustRegister(m.tlsReloads, m.indexWrites, m.indexErrors)
 	for _, r := range []string{"ok", "error"} {
 		m.tlsReloads.WithLabelValues(r)
 	}
@@ -133,10 +145,12 @@ func (m *metrics) answered(code int) {
 	m.callbacks.WithLabelValues(strconv.Itoa(code)).Inc()
 }
 
-// consumerCollector reports the fan-out consumer's backlog at scrape time:
-// esim_ingest_fanout_pending_messages (stored, not yet delivered) and
-// esim_ingest_fanout_ack_pending_messages (delivered, not yet acked,
-// including callbacks waiting for their record).
+// consumerCollector reports a durable consumer's backlog at scrape time:
+// <prefix>_pending_messages (stored, not yet delivered),
+// <prefix>_ack_pending_messages (delivered, not yet acked) and
+// <prefix>_redelivered_messages. The fan-out's (esim_ingest_fanout_: the
+// callbacks, including those waiting for their record) and the EID index's
+// (esim_ingest_eid_index_: the status events).
 type consumerCollector struct {
 	consumer   func() jetstream.Consumer
 	pending    *prometheus.Desc
@@ -144,15 +158,15 @@ type consumerCollector struct {
 	redeliver  *prometheus.Desc
 }
 
-func newConsumerCollector(consumer func() jetstream.Consumer) *consumerCollector {
+func newConsumerCollector(prefix, what, by string, consumer func() jetstream.Consumer) *consumerCollector {
 	return &consumerCollector{
 		consumer: consumer,
-		pending: prometheus.NewDesc("esim_ingest_fanout_pending_messages",
-			"Callbacks stored but not yet delivered to the fan-out.", nil, nil),
-		ackPending: prometheus.NewDesc("esim_ingest_fanout_ack_pending_messages",
-			"Callbacks delivered to the fan-out and not yet acknowledged.", nil, nil),
-		redeliver: prometheus.NewDesc("esim_ingest_fanout_redelivered_messages",
-			"Callbacks delivered more than once and not yet acknowledged.", nil, nil),
+		pending: prometheus.NewDesc(prefix+"_pending_messages",
+			what+" stored but not yet delivered to "+by+".", nil, nil),
+		ackPending: prometheus.NewDesc(prefix+"_ack_pending_messages",
+			what+" delivered to "+by+" and not yet acknowledged.", nil, nil),
+		redeliver: prometheus.NewDesc(prefix+"_redelivered_messages",
+			what+" delivered more than once and not yet acknowledged.", nil, nil),
 	}
 }
 
@@ -176,4 +190,43 @@ func (c *consumerCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.pending, prometheus.GaugeValue, float64(info.NumPending))
 	ch <- prometheus.MustNewConstMetric(c.ackPending, prometheus.GaugeValue, float64(info.NumAckPending))
 	ch <- prometheus.MustNewConstMetric(c.redeliver, prometheus.GaugeValue, float64(info.NumRedelivered))
+}
+
+// deadLetterCollector reports, at scrape time, what the dead-letter stream
+// holds per subject, whichever service stored it (the dispatcher's
+// commands, this service's callbacks): esim_ingest_deadletter_messages
+// {subject}. Both subjects are always reported, 0 when empty, so an alert
+// on their growth sees the first one arrive. It reads the stream's state
+// only, never a dead letter.
+type deadLetterCollector struct {
+	stream func() jetstream.Stream
+	kept   *prometheus.Desc
+}
+
+func newDeadLetterCollector(stream func() jetstream.Stream) *deadLetterCollector {
+	return &deadLetterCollector{stream: stream, kept: prometheus.NewDesc("esim_ingest_deadletter_messages",
+		"Dead letters kept in THINGSPACE_DEADLETTER, by subject (commands from the dispatcher, callbacks from the ingest), read from the stream at scrape time.",
+		[]string{"subject"}, nil)}
+}
+
+func (c *deadLetterCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.kept }
+
+func (c *deadLetterCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.stream()
+	if st == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(broker.DeadLetterSubjects))
+	if err != nil {
+		return
+	}
+	counts := map[string]uint64{broker.DeadLetterCommands: 0, broker.DeadLetterCallbacks: 0}
+	for subject, n := range info.State.Subjects {
+		counts[subject] = n
+	}
+	for subject, n := range counts {
+		ch <- prometheus.MustNewConstMetric(c.kept, prometheus.GaugeValue, float64(n), subject)
+	}
 }

@@ -25,6 +25,9 @@ type ReplayOptions struct {
 	FromSeq uint64
 	// DryRun counts what would be published and publishes nothing.
 	DryRun bool
+	// Settings are the replicas and storage of the EID index bucket if the
+	// replay creates it (STREAM_REPLICAS).
+	Settings broker.StreamSettings
 }
 
 // ReplayStats say what a replay did.
@@ -33,14 +36,36 @@ type ReplayStats struct {
 	Published   int // new events stored
 	Existing    int // events the status stream already had (same eventId)
 	Unparseable int // callbacks the parser still refuses (left alone)
+	// Index is the EID index rebuilt from the status events stored since
+	// the same time (all of them without Since), the replayed ones too.
+	Index IndexStats
 }
 
 // Replay re-runs the fan-out over the raw callbacks kept in the callback
 // stream, after a parser fix say, without duplicates: an event whose eventId
 // is already on its subject in the status stream is not published again,
 // however old it is (the stream's duplicate window covers only 20 minutes).
-// It reads the stream up to its last message at the start and returns.
+// It reads the stream up to its last message at the start, then writes the
+// EID index of the status events (broker.EIDBucket, created if missing:
+// this is how a lost index comes back), and returns.
 func Replay(ctx context.Context, js jetstream.JetStream, opts ReplayOptions, log zerolog.Logger) (ReplayStats, error) {
+	st, err := replayCallbacks(ctx, js, opts, log)
+	if err != nil {
+		return st, err
+	}
+	if !opts.DryRun {
+		if err := broker.EnsureBucket(ctx, js, broker.EIDBucketConfig(opts.Settings)); err != nil {
+			return st, err
+		}
+	}
+	st.Index, err = rebuildIndex(ctx, js, opts.Since, opts.DryRun)
+	if err != nil {
+		return st, fmt.Errorf("EID index: %w", err)
+	}
+	return st, nil
+}
+
+func replayCallbacks(ctx context.Context, js jetstream.JetStream, opts ReplayOptions, log zerolog.Logger) (ReplayStats, error) {
 	var st ReplayStats
 	raw, err := js.Stream(ctx, broker.CallbackStream)
 	if err != nil {

@@ -71,9 +71,19 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger, opts ...Option) er
 	}
 	m := newMetrics(reg)
 	s := &service{cfg: cfg, log: log, m: m, now: o.now}
-	reg.MustRegister(newConsumerCollector(func() jetstream.Consumer {
+	reg.MustRegister(newConsumerCollector("esim_ingest_fanout", "Callbacks", "the fan-out", func() jetstream.Consumer {
 		if c := s.consumer.Load(); c != nil {
 			return *c
+		}
+		return nil
+	}), newConsumerCollector("esim_ingest_eid_index", "Status events", "the EID index", func() jetstream.Consumer {
+		if c := s.indexConsumer.Load(); c != nil {
+			return *c
+		}
+		return nil
+	}), newDeadLetterCollector(func() jetstream.Stream {
+		if d := s.deadLetters.Load(); d != nil {
+			return *d
 		}
 		return nil
 	}))
@@ -89,8 +99,12 @@ type service struct {
 	handoff   *handoff
 	readiness atomic.Pointer[broker.Readiness]
 	js        atomic.Pointer[jetstream.JetStream]
-	status    atomic.Pointer[jetstream.Stream]
 	consumer  atomic.Pointer[jetstream.Consumer]
+
+	indexConsumer atomic.Pointer[jetstream.Consumer]
+	deadLetters   atomic.Pointer[jetstream.Stream]
+	index         *indexer   // set by start
+	indexConn     *nats.Conn // set by start
 }
 
 func (s *service) ready() error {
@@ -158,8 +172,8 @@ func (s *service) run(ctx context.Context, reg *prometheus.Registry, onReady fun
 
 	adminMux := observability.AdminMux(reg, s.ready)
 	adminMux.Handle("GET /devices/{id}", &devices{
-		stream: func() jetstream.Stream {
-			if p := s.status.Load(); p != nil {
+		js: func() jetstream.JetStream {
+			if p := s.js.Load(); p != nil {
 				return *p
 			}
 			return nil
@@ -203,12 +217,19 @@ func (s *service) run(ctx context.Context, reg *prometheus.Registry, onReady fun
 	}
 	routerDone := make(chan error, 1)
 	go func() { routerDone <- router.Run(context.WithoutCancel(ctx)) }()
+	indexCtx, stopIndex := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopIndex()
+	indexDone := make(chan error, 1)
+	go func() { indexDone <- s.index.run(indexCtx) }()
 	select {
 	case <-router.Running():
 	case err := <-routerDone:
 		_ = stopHTTP()
+		stopIndex()
+		<-indexDone
 		nc.Close()
 		fanConn.Close()
+		s.indexConn.Close()
 		return fmt.Errorf("fan-out router: %w", err)
 	case <-ctx.Done():
 	}
@@ -231,6 +252,9 @@ func (s *service) run(ctx context.Context, reg *prometheus.Registry, onReady fun
 	case err := <-routerDone:
 		runErr = fmt.Errorf("fan-out router stopped: %w", err)
 		routerDone <- nil
+	case err := <-indexDone:
+		runErr = fmt.Errorf("EID index stopped: %w", err)
+		indexDone <- nil
 	}
 
 	// Stage 1: no new callbacks; finish those being stored.
@@ -246,8 +270,14 @@ func (s *service) run(ctx context.Context, reg *prometheus.Registry, onReady fun
 		log.Warn().Err(err).Msg("fan-out router close")
 	}
 	<-routerDone
+	// The EID index stops between two events; what it has not acknowledged
+	// comes back to the next ingest.
+	stopIndex()
+	if err := <-indexDone; err != nil {
+		log.Warn().Err(err).Msg("EID index")
+	}
 	// Stage 3: flush acks and publishes, then close.
-	for _, c := range []*nats.Conn{fanConn, nc} {
+	for _, c := range []*nats.Conn{fanConn, s.indexConn, nc} {
 		if err := drain(c, s.cfg.ShutdownGrace); err != nil {
 			log.Warn().Err(err).Msg("nats drain")
 		}
@@ -268,6 +298,9 @@ func (s *service) start(ctx context.Context) (nc, fanConn *nats.Conn, router *me
 		nc.Close()
 		if fanConn != nil {
 			fanConn.Close()
+		}
+		if s.indexConn != nil {
+			s.indexConn.Close()
 		}
 		return nil, nil, nil, nil, e
 	}
@@ -312,9 +345,45 @@ func (s *service) start(ctx context.Context) (nc, fanConn *nats.Conn, router *me
 	}); err != nil {
 		return fail(fmt.Errorf("consumer %s: %w", broker.CallbackFanoutConsumer, err))
 	}
+	// The EID index follows the status stream on a connection of its own:
+	// its deliveries (every status event) must not queue before the
+	// intake's acks on nc.
+	if err := broker.EnsureBucket(ctx, js, broker.EIDBucketConfig(settings)); err != nil {
+		return fail(err)
+	}
+	indexConn, err := broker.Connect(ctx, s.cfg.NATS, ConnectionName+"-index", log.With().Str(observability.FieldComponent, "nats-index").Logger())
+	if err != nil {
+		return fail(err)
+	}
+	s.indexConn = indexConn
+	indexJS, err := jetstream.New(indexConn, jetstream.WithPublishAsyncTimeout(s.cfg.StoreTimeout))
+	if err != nil {
+		return fail(err)
+	}
+	var indexCons jetstream.Consumer
+	if err := broker.Retry(ctx, func(ctx context.Context) (err error) {
+		indexCons, err = indexJS.CreateOrUpdateConsumer(ctx, broker.StatusStream, indexConsumerConfig(s.cfg))
+		return err
+	}); err != nil {
+		return fail(fmt.Errorf("consumer %s: %w", broker.EIDIndexConsumer, err))
+	}
+	s.index = &indexer{
+		js: indexJS, cons: indexCons, written: newWritten(indexWrittenSize, broker.EIDIndexRefresh),
+		timeout: s.cfg.StoreTimeout, now: s.now, m: s.m,
+		log: log.With().Str(observability.FieldComponent, "eid-index").Logger(),
+	}
+
 	s.js.Store(&js)
-	s.status.Store(&statusStream)
 	s.consumer.Store(&consumer)
+	s.indexConsumer.Store(&indexCons)
+	var deadLetterStream jetstream.Stream
+	if err := broker.Retry(ctx, func(ctx context.Context) (err error) {
+		deadLetterStream, err = js.Stream(ctx, broker.DeadLetterStream)
+		return err
+	}); err != nil {
+		return fail(fmt.Errorf("stream %s: %w", broker.DeadLetterStream, err))
+	}
+	s.deadLetters.Store(&deadLetterStream)
 	s.readiness.Load().SetReady()
 
 	// The watermill subscriber drains the connection it is given when it

@@ -47,6 +47,10 @@ func opErr(err error) error {
 	return &opError{err}
 }
 
+// errSaid marks an error whose message the command already printed on
+// stderr, with what it means for the work.
+var errSaid = errors.New("said")
+
 // app is one invocation.
 type app struct {
 	getenv         func(string) string
@@ -89,6 +93,9 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		fmt.Fprintln(stderr, "esimctl:", err)
 		return ExitNotAll
 	case errors.Is(err, ErrInterrupted):
+		if !errors.Is(err, errSaid) {
+			fmt.Fprintln(stderr, "esimctl: interrupted")
+		}
 		return ExitInterrupted
 	case errors.As(err, &file):
 		fmt.Fprintln(stderr, "esimctl:", err)
@@ -121,7 +128,8 @@ NATS_CONTEXT; the variables and the flags override it).`,
 		Example: `  esimctl submit --action disable --account 0000123456-00001 \
       --smsr-oid 1.3.6.1.4.1.31746.1.500.200.101.5 devices.csv
   esimctl watch 3f9c2a0d11b7e845
-  esimctl status 89148000000000000101`,
+  esimctl status 89148000000000000101
+  esimctl deadletters list --since 24h`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
@@ -139,7 +147,7 @@ NATS_CONTEXT; the variables and the flags override it).`,
 	pf.StringVar(&a.logLevel, "log-level", "", "log level: debug, info, warn, error (env LOG_LEVEL) [default warn]")
 	pf.DurationVar(&a.connectTimeout, "connect-timeout", 10*time.Second, "how long to wait for NATS")
 	_ = root.RegisterFlagCompletionFunc("log-level", cobra.FixedCompletions([]string{"debug", "info", "warn", "error"}, cobra.ShellCompDirectiveNoFileComp))
-	root.AddCommand(a.submitCmd(), a.watchCmd(), a.statusCmd())
+	root.AddCommand(a.submitCmd(), a.watchCmd(), a.statusCmd(), a.deadlettersCmd())
 	return root
 }
 

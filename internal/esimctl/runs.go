@@ -19,6 +19,9 @@ import (
 //	R.rows.N     the input rows N*RowsPerPart.. in input order, [iccid, eid, imei] each
 //	R.chunk.N    chunk N was published: its stream sequence and time (JSON)
 //
+// and deadletter.S, dead letter S was replayed (esimctl deadletters replay:
+// where to, when; see deadletters.go).
+//
 // The rows are written before the meta, so a run with a meta has all its rows.
 const RunBucket = "esimctl_runs"
 

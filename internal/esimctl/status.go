@@ -1,23 +1,20 @@
 package esimctl
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
 	"github.com/esim-pipeline/thingspace-esim/internal/broker"
 	"github.com/esim-pipeline/thingspace-esim/internal/status"
 )
-
-// statusActions are the subjects' action tokens looked up for a device: the
-// actions, and "unknown" where the ingest files callbacks naming none.
-var statusActions = append(append([]string{}, actionNames...), "unknown")
 
 // DeviceStatus is `esimctl status --json`: the latest event of the device and
 // the latest per action, as the ingest's GET /devices/{id} answers.
@@ -26,16 +23,21 @@ type DeviceStatus struct {
 	Actions map[string]*status.Event `json:"actions"`
 }
 
+// lookupTimeout bounds one status look-up.
+const lookupTimeout = 30 * time.Second
+
 func (a *app) statusCmd() *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "status ICCID|EID",
 		Short: "Show a device's latest status per action, from the status stream",
-		Long: `status reads the last status event of each action for the device from the stream
-THINGSPACE_STATUS. Events are filed under the ICCID, or the EID where no ICCID is known:
-look a device up by its ICCID when it has one. Exit 0 when the device has an event, 1 when
-it has none.`,
+		Long: `status reads the device's status events from the stream THINGSPACE_STATUS and shows the
+latest of each action. An ICCID finds the events filed under it; an EID every event that
+named it, whichever of the eUICC's profiles (ICCIDs) it is filed under, through the EID
+index the callback-ingest keeps (bucket ` + broker.EIDBucket + `). Exit 0 when the device has an
+event, 1 when it has none (said on stderr).`,
 		Example: `  esimctl status 89148000000000000001
+  esimctl status 89049032000000000000000000000001
   esimctl status 89148000000000000001 --json | jq .latest.status`,
 		Args: exactlyOne("an ICCID or an EID"),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -56,61 +58,94 @@ func (a *app) status(cmd *cobra.Command, id string, asJSON bool) error {
 		return err
 	}
 	defer closeConn(nc)
-	st, err := js.Stream(ctx, broker.StatusStream)
-	if err != nil {
-		if errors.Is(err, jetstream.ErrStreamNotFound) {
-			return opErr(fmt.Errorf("stream %s does not exist: start the dispatcher and the callback-ingest (make dev) first", broker.StatusStream))
-		}
-		return opErr(fmt.Errorf("stream %s: %w", broker.StatusStream, err))
+	lctx, cancel := context.WithTimeout(ctx, lookupTimeout)
+	defer cancel()
+	found, err := broker.LookupDevice(lctx, js, id)
+	switch {
+	case errors.Is(err, broker.ErrNoStatusStream):
+		return opErr(fmt.Errorf("stream %s does not exist: start the dispatcher and the callback-ingest (make dev) first", broker.StatusStream))
+	case err != nil && ctx.Err() != nil:
+		return ErrInterrupted
+	case err != nil:
+		return opErr(fmt.Errorf("reading the status of %s: %w", id, err))
 	}
 	ds := DeviceStatus{Actions: map[string]*status.Event{}}
-	var latest uint64
-	for _, action := range statusActions {
-		m, err := st.GetLastMsgForSubject(ctx, status.SubjectPrefix+"."+action+"."+status.Token(id))
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			continue
+	var actions []string
+	if found != nil {
+		for action, m := range found.Actions {
+			var ev status.Event
+			if err := json.Unmarshal(m.Data, &ev); err != nil {
+				return opErr(fmt.Errorf("the %s event of %s at sequence %d of %s is not readable: %w", action, id, m.Sequence, broker.StatusStream, err))
+			}
+			ds.Actions[action] = &ev
+			if m.Sequence == found.Latest.Sequence {
+				ds.Latest = &ev
+			}
+			actions = append(actions, action)
 		}
-		if err != nil {
-			return opErr(fmt.Errorf("reading %s: %w", broker.StatusStream, err))
+	}
+	if ds.Latest == nil {
+		a.code = ExitNotAll
+		fmt.Fprintf(a.stderr, "esimctl: no status event for device %s (an ICCID or an EID the pipeline has seen in the last 30 days)\n", id)
+		if asJSON {
+			enc := json.NewEncoder(a.stdout)
+			enc.SetIndent("", "  ")
+			return enc.Encode(ds)
 		}
-		var ev status.Event
-		if err := json.Unmarshal(m.Data, &ev); err != nil {
-			return opErr(fmt.Errorf("the %s event of %s at sequence %d is not readable: %w", action, id, m.Sequence, err))
-		}
-		ds.Actions[action] = &ev
-		if m.Sequence > latest {
-			latest, ds.Latest = m.Sequence, &ev
-		}
+		return nil
 	}
 	if asJSON {
 		enc := json.NewEncoder(a.stdout)
 		enc.SetIndent("", "  ")
-		if ds.Latest == nil {
-			a.code = ExitNotAll
-			return enc.Encode(ds)
-		}
 		return enc.Encode(ds)
 	}
-	if ds.Latest == nil {
-		fmt.Fprintf(a.stderr, "no status event for device %s (look a device up by its ICCID when it has one)\n", id)
-		a.code = ExitNotAll
-		return nil
+	sortActions(actions)
+	// Looked up by EID, the events may be filed under several profiles:
+	// each row names its ICCID.
+	byProfile := false
+	for _, ev := range ds.Actions {
+		if ev.Device.Key() != id {
+			byProfile = true
+		}
 	}
 	tw := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ACTION\tSTATUS\tOCCURRED AT\tREQUEST ID\tCOMMAND ID\tREASON")
-	for _, action := range statusActions {
+	if byProfile {
+		fmt.Fprintln(tw, "ACTION\tICCID\tSTATUS\tOCCURRED AT\tREQUEST ID\tCOMMAND ID\tREASON")
+	} else {
+		fmt.Fprintln(tw, "ACTION\tSTATUS\tOCCURRED AT\tREQUEST ID\tCOMMAND ID\tREASON")
+	}
+	for _, action := range actions {
 		ev := ds.Actions[action]
-		if ev == nil {
-			continue
-		}
 		reason := ""
 		if ev.Reason != nil {
 			reason = strings.TrimSpace(ev.Reason.Code + " " + ev.Reason.Message)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", action, ev.Status, ev.OccurredAt.UTC().Format(time.RFC3339),
+		if byProfile {
+			fmt.Fprintf(tw, "%s\t%s\t", action, dash(ev.Device.ICCID))
+		} else {
+			fmt.Fprintf(tw, "%s\t", action)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", ev.Status, ev.OccurredAt.UTC().Format(time.RFC3339),
 			dash(ev.RequestID), dash(ev.CommandID), reason)
 	}
 	return tw.Flush()
+}
+
+// sortActions puts the pipeline's actions first, in their order, then any
+// other action token (unknown, actions of a newer dispatcher) by name.
+func sortActions(actions []string) {
+	rank := func(a string) int {
+		if i := slices.Index(actionNames, a); i >= 0 {
+			return i
+		}
+		return len(actionNames)
+	}
+	slices.SortFunc(actions, func(x, y string) int {
+		if d := rank(x) - rank(y); d != 0 {
+			return d
+		}
+		return strings.Compare(x, y)
+	})
 }
 
 func dash(s string) string {

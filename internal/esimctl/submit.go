@@ -276,9 +276,12 @@ func (a *app) followAndReport(ctx context.Context, js jetstream.JetStream, p *Pl
 	}
 	t, err := follow(ctx, js, p, rec, prog, a.log)
 	if errors.Is(err, ErrInterrupted) {
+		if t == nil { // interrupted before the first event was read
+			t = newTally(p)
+		}
 		fmt.Fprintf(a.stderr, "stopped following run %s at %d/%d final (%s); the work goes on: esimctl watch %s\n",
 			p.RunID, t.Final(), t.Total(), t.Summary(), p.RunID)
-		return err
+		return fmt.Errorf("%w%w", err, errSaid)
 	}
 	if err != nil {
 		return opErr(err)
