@@ -15,13 +15,13 @@ import (
 	"strings"
 	"testing"
 
+	cmv1 "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	"github.com/compose-spec/compose-go/v2/cli"
 	"github.com/compose-spec/compose-go/v2/types"
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
 	"github.com/moby/patternmatcher"
 	"github.com/moby/patternmatcher/ignorefile"
 	"github.com/stretchr/testify/require"
-	cmv1 "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -827,7 +827,7 @@ func TestHelmNATSValues(t *testing.T) {
 		} `json:"tlsCA"`
 		Container struct {
 			Env   map[string]helmEnv `json:"env"`
-			Patch []helmPatch                    `json:"patch"`
+			Patch []helmPatch        `json:"patch"`
 		} `json:"container"`
 		PodTemplate struct {
 			Patch []helmPatch `json:"patch"`

@@ -248,7 +248,7 @@ eSIM pipeline dev stack is up.
 
   NATS with JetStream   %s   (data in %s)
   ThingSpace simulator  http://%s
-  callback-ingest       http://%s/callbacks   admin http://%s   (GET /devices/{iccid})
+  callback-ingest       http://%s/callbacks   admin http://%s   (GET /devices/{iccid or eid})
   dispatcher            admin http://%s
   logs                  %s/
 

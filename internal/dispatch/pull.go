@@ -29,7 +29,7 @@ type puller struct {
 	prefix  string // replies go to prefix + n
 	sub     *nats.Subscription
 	msgs    chan *nats.Msg // room for every open request's batch and status
-	pin     string // the pin id this client holds, "" when none
+	pin     string         // the pin id this client holds, "" when none
 	n       uint64
 	open    []*pullRequest // requests the server may still be serving, oldest first
 }
