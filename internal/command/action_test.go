@@ -3,12 +3,12 @@ package command_test
 import (
 	"encoding/json"
 	"io/fs"
-	"slices"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/esim-pipeline/thingspace-esim/internal/command"
+	"github.com/esim-pipeline/thingspace-esim/internal/status"
 	"github.com/esim-pipeline/thingspace-esim/internal/device"
 	"github.com/esim-pipeline/thingspace-esim/schemas"
 )
@@ -109,8 +109,13 @@ func TestTheGoTablesAgreeWithTheCommandSchemas(t *testing.T) {
 			require.ElementsMatch(t, a.Fields(), fields)
 			devices := props["devices"].(map[string]any)
 			require.EqualValues(t, command.MaxDevices, devices["maxItems"])
-			required := doc["required"].([]any)
-			require.Equal(t, slices.Contains(a.Fields(), "smsrOid"), slices.Contains(required, any("smsrOid")))
+			var required []string
+			for _, f := range doc["required"].([]any) {
+				if f != "devices" && f != "accountName" {
+					required = append(required, f.(string))
+				}
+			}
+			require.ElementsMatch(t, a.Spec().Mandatory, required, "the table's mandatory fields are the schema's")
 		})
 	}
 }
@@ -199,4 +204,24 @@ func TestProblemReasonIsTheStatusEventsReason(t *testing.T) {
 	p := command.Problem{Code: command.CodeDuplicateDevice, Message: "m"}
 	require.Equal(t, command.CodeDuplicateDevice, p.Reason().Code)
 	require.Equal(t, "m", p.Reason().Message)
+}
+
+// The status events name the table's actions, and unknown for a callback
+// whose request has no record.
+func TestTheStatusEventSchemaNamesEveryActionOfTheTable(t *testing.T) {
+	raw, err := fs.ReadFile(schemas.FS(), "status-event.schema.json")
+	require.NoError(t, err)
+	var doc struct {
+		Properties struct {
+			Action struct {
+				Enum []string `json:"enum"`
+			} `json:"action"`
+		} `json:"properties"`
+	}
+	require.NoError(t, json.Unmarshal(raw, &doc))
+	require.Equal(t, append(command.Names(), status.UnknownAction), doc.Properties.Action.Enum)
+	for _, a := range command.Actions {
+		_, err := fs.Stat(schemas.FS(), a.Schema())
+		require.NoError(t, err, "every action of the table has its command schema")
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/esim-pipeline/thingspace-esim/internal/batch"
+	"github.com/esim-pipeline/thingspace-esim/internal/command"
 	"github.com/esim-pipeline/thingspace-esim/internal/config"
 )
 
@@ -98,8 +99,6 @@ const (
 	RateScopeAccount = "account"
 )
 
-// Actions whose batch size can be set alone.
-var perActionBatch = []string{"enable", "disable", "delete", "deactivate", "suspend"}
 
 // Declare adds every setting to s with its variable, flag and default.
 func (c *Config) Declare(s *config.Set) {
@@ -117,7 +116,7 @@ func (c *Config) Declare(s *config.Set) {
 	s.Bool(&c.RateShared, "thingspace-rate-shared", "THINGSPACE_RATE_SHARED", true, "share THINGSPACE_RATE across every dispatcher through NATS (false: per process)")
 	s.Int(&c.BatchMaxDevices, "batch-max-devices", "BATCH_MAX_DEVICES", batch.MaxDevices, "most devices in one ThingSpace call (1..10000)")
 	c.perAction = map[string]*int{}
-	for _, a := range perActionBatch {
+	for _, a := range command.Names() {
 		p := new(int)
 		s.Int(p, "batch-max-devices-"+a, "BATCH_MAX_DEVICES_"+strings.ToUpper(a), 0, "most devices in one "+a+" call (0 = BATCH_MAX_DEVICES)")
 		c.perAction[a] = p

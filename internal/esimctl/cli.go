@@ -328,13 +328,7 @@ func exactlyOne(what string) cobra.PositionalArgs {
 	}
 }
 
-var actionNames = func() []string {
-	s := make([]string, len(command.Actions))
-	for i, a := range command.Actions {
-		s[i] = string(a)
-	}
-	return s
-}()
+var actionNames = command.Names()
 
 // replicasFrom reads STREAM_REPLICAS for the bucket esimctl may create.
 func replicasFrom(getenv func(string) string) int {

@@ -226,7 +226,7 @@ func usagef(format string, args ...any) error { return &UsageError{Msg: fmt.Spri
 // every device is published.
 func (s Spec) Check() error {
 	if !s.Action.Valid() {
-		return usagef("--action %q is not an action (want one of enable, disable, delete, deactivate, suspend)", s.Action)
+		return usagef("--action %q is not an action (want one of %s)", s.Action, command.OneOf())
 	}
 	if strings.TrimSpace(s.AccountName) == "" {
 		return usagef("--account is required: the ThingSpace account name, e.g. 0000123456-00001")

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -51,8 +52,7 @@ The run id derives from the file's content, the action, the account and the opti
 same submission again resumes the same run (chunks already published are not published
 again, even after the stream's duplicate window) and writes the same results.
 
-Identifiers each action sends: enable, disable, delete: eid and iccid; deactivate: eid,
-iccid and imei (when known); suspend: iccid. Other columns of the file are not sent.`,
+Identifiers each action sends: ` + identifiersHelp() + `. Other columns of the file are not sent.`,
 		Example: `  esimctl submit --action enable --account 0000123456-00001 \
       --smsr-oid 1.3.6.1.4.1.31746.1.500.200.101.5 examples/devices.csv
   esimctl submit --action deactivate --account 0000123456-00001 --reason-code FF --etf-waiver devices.csv
@@ -66,12 +66,12 @@ iccid and imei (when known); suspend: iccid. Other columns of the file are not s
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&f.action, "action", "", "enable, disable, delete, deactivate or suspend (required)")
+	fl.StringVar(&f.action, "action", "", command.OneOf()+" (required)")
 	fl.StringVar(&f.account, "account", "", "ThingSpace account name, e.g. 0000123456-00001 (required)")
-	fl.StringVar(&f.smsrOid, "smsr-oid", "", "SM-SR object identifier (enable, disable, delete: required)")
-	fl.StringVar(&f.servicePlan, "service-plan", "", "service plan (deactivate, suspend)")
-	fl.BoolVar(&f.etfWaiver, "etf-waiver", false, "waive the early termination fee (deactivate; --etf-waiver=false sends false)")
-	fl.StringVar(&f.reasonCode, "reason-code", "", "2-character reason code (deactivate)")
+	fl.StringVar(&f.smsrOid, "smsr-oid", "", "SM-SR object identifier ("+command.Taking("smsrOid")+": required)")
+	fl.StringVar(&f.servicePlan, "service-plan", "", "service plan ("+command.Taking("servicePlan")+")")
+	fl.BoolVar(&f.etfWaiver, "etf-waiver", false, "waive the early termination fee ("+command.Taking("etfWaiver")+"; --etf-waiver=false sends false)")
+	fl.StringVar(&f.reasonCode, "reason-code", "", "2-character reason code ("+command.Taking("reasonCode")+")")
 	fl.BoolVar(&f.noWait, "no-wait", false, "publish, print the run id and exit 0 without following")
 	fl.IntVar(&f.replicas, "replicas", 1, "replicas of the "+RunBucket+" bucket if esimctl creates it (env STREAM_REPLICAS)")
 	f.declare(cmd)
@@ -371,4 +371,36 @@ func (a *app) watch(cmd *cobra.Command, f followFlags, runID string) error {
 	fmt.Fprintf(a.stderr, "%s for account %s: %d devices from %s, started %s\n",
 		rec.Action, rec.AccountName, rec.Devices, rec.File, rec.StartedAt.Format(time.RFC3339))
 	return a.followAndReport(ctx, js, plan, rec, f)
+}
+
+// identifiersHelp says, from the action table, which identifiers each
+// action sends: "enable, disable, delete: eid and iccid; ...".
+func identifiersHelp() string {
+	var groups []string
+	var names []string
+	last := ""
+	flush := func() {
+		if len(names) > 0 {
+			groups = append(groups, strings.Join(names, ", ")+": "+last)
+		}
+	}
+	for _, a := range command.Actions {
+		sp := a.Spec()
+		kinds := make([]string, 0, len(sp.Kinds))
+		for _, k := range sp.Kinds {
+			s := string(k)
+			if !slices.Contains(sp.Required, k) {
+				s += " (when known)"
+			}
+			kinds = append(kinds, s)
+		}
+		said := strings.Join(kinds, " and ")
+		if said != last {
+			flush()
+			names, last = nil, said
+		}
+		names = append(names, string(a))
+	}
+	flush()
+	return strings.Join(groups, "; ")
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -12,6 +13,7 @@ import (
 	"github.com/google/uuid"
 	"golang.org/x/time/rate"
 
+	"github.com/esim-pipeline/thingspace-esim/internal/command"
 	"github.com/esim-pipeline/thingspace-esim/internal/device"
 	"github.com/esim-pipeline/thingspace-esim/internal/thingspace"
 )
@@ -65,17 +67,25 @@ func (d *devState) key() string {
 	return ""
 }
 
-// required identifier kinds per action, and whether smsrOid is required.
-var requirements = map[string]struct {
+// requirement is what a request of one action must carry, from the action
+// table: the identifier kinds of every device, and whether smsrOid.
+type requirement struct {
 	kinds []string
 	smsr  bool
-}{
-	thingspace.ActionEnable:     {[]string{"eid", "iccid"}, true},
-	thingspace.ActionDisable:    {[]string{"eid", "iccid"}, true},
-	thingspace.ActionDelete:     {[]string{"eid", "iccid"}, true},
-	thingspace.ActionDeactivate: {[]string{"eid", "iccid"}, false},
-	thingspace.ActionSuspend:    {[]string{"iccid"}, false},
 }
+
+var requirements = func() map[string]requirement {
+	out := map[string]requirement{}
+	for _, a := range command.Actions {
+		sp := a.Spec()
+		r := requirement{smsr: slices.Contains(sp.Mandatory, "smsrOid")}
+		for _, k := range sp.Required {
+			r.kinds = append(r.kinds, string(k))
+		}
+		out[string(a)] = r
+	}
+	return out
+}()
 
 func (s *Server) handleAction(w http.ResponseWriter, r *http.Request) {
 	c := callOf(r)

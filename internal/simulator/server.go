@@ -331,7 +331,15 @@ func (s *Server) businessError(w http.ResponseWriter, c *Call, code int, service
 
 // globalActions are the actions served by Global eSIM endpoints
 // (deactivate, profile_suspend), which write errorCode as the HTTP status.
-var globalActions = map[string]bool{thingspace.ActionDeactivate: true, thingspace.ActionSuspend: true}
+var globalActions = func() map[string]bool {
+	out := map[string]bool{}
+	for _, a := range thingspace.Actions {
+		if thingspace.IsGlobal(a) {
+			out[a] = true
+		}
+	}
+	return out
+}()
 
 func (s *Server) gatewayFault(w http.ResponseWriter, c *Call, code int, fault, msg, desc string) {
 	c.ErrorCode = fault

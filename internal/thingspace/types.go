@@ -6,20 +6,22 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/esim-pipeline/thingspace-esim/internal/command"
 	"github.com/esim-pipeline/thingspace-esim/internal/device"
 )
 
-// The profile actions and the path of each under the base URL.
+// The profile actions, as the dispatcher and the simulator name them; the
+// action table of package command says everything else of each.
 const (
-	ActionEnable     = "enable"
-	ActionDisable    = "disable"
-	ActionDelete     = "delete"
-	ActionDeactivate = "deactivate"
-	ActionSuspend    = "suspend"
+	ActionEnable     = string(command.Enable)
+	ActionDisable    = string(command.Disable)
+	ActionDelete     = string(command.Delete)
+	ActionDeactivate = string(command.Deactivate)
+	ActionSuspend    = string(command.Suspend)
 )
 
 // Actions lists the supported profile actions in a stable order.
-var Actions = []string{ActionEnable, ActionDisable, ActionDelete, ActionDeactivate, ActionSuspend}
+var Actions = command.Names()
 
 // ActionPathPrefix is the path every profile action lives under.
 const ActionPathPrefix = "/api/m2m/v1/devices/profile/actions/"
@@ -27,26 +29,23 @@ const ActionPathPrefix = "/api/m2m/v1/devices/profile/actions/"
 // ActionPath returns the endpoint path of action ("suspend" is
 // .../profile_suspend), or false for an unknown action.
 func ActionPath(action string) (string, bool) {
-	switch action {
-	case ActionEnable, ActionDisable, ActionDelete, ActionDeactivate:
-		return ActionPathPrefix + action, true
-	case ActionSuspend:
-		return ActionPathPrefix + "profile_suspend", true
+	sp, ok := command.Lookup(command.Action(action))
+	if !ok {
+		return "", false
 	}
-	return "", false
+	return ActionPathPrefix + sp.Endpoint, true
 }
 
 // ActionForPath is the inverse of [ActionPath]: the action whose endpoint
 // ends with the last path segment seg ("profile_suspend" is "suspend").
 func ActionForPath(seg string) (string, bool) {
-	switch seg {
-	case ActionEnable, ActionDisable, ActionDelete, ActionDeactivate:
-		return seg, true
-	case "profile_suspend":
-		return ActionSuspend, true
-	}
-	return "", false
+	sp, ok := command.ForEndpoint(seg)
+	return string(sp.Action), ok
 }
+
+// IsGlobal reports a Global eSIM action, whose error bodies carry the HTTP
+// status as errorCode.
+func IsGlobal(action string) bool { return command.Action(action).Spec().Global }
 
 // MaxDevicesPerRequest is ThingSpace's bulk limit for one request.
 const MaxDevicesPerRequest = 10000
