@@ -8,8 +8,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/esim-pipeline/thingspace-esim/internal/command"
-	"github.com/esim-pipeline/thingspace-esim/internal/status"
 	"github.com/esim-pipeline/thingspace-esim/internal/device"
+	"github.com/esim-pipeline/thingspace-esim/internal/status"
 	"github.com/esim-pipeline/thingspace-esim/schemas"
 )
 

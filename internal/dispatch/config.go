@@ -99,7 +99,6 @@ const (
 	RateScopeAccount = "account"
 )
 
-
 // Declare adds every setting to s with its variable, flag and default.
 func (c *Config) Declare(s *config.Set) {
 	config.DeclareNATS(s, &c.NATS)
