@@ -79,7 +79,7 @@ var allStoreVariants = []storeVariant{
 // baselines and the batches that did best on one server.
 var (
 	defaultAtomicVariants  = "sync-64,async-1x10000,async-64x25,atomic-1x10,atomic-8x10,atomic-32x25,atomic-1x100,atomic-8x100,atomic-1x1000,atomic-4x1000,atomic-1x10000,fast-1x10000"
-	defaultClusterVariants = "sync-64,async-1x10000,async-64x25,atomic-32x25,atomic-4x1000,atomic-1x10000"
+	defaultClusterVariants = "sync-64,async-1x10000,async-64x25,atomic-32x25,atomic-1x1000,atomic-4x1000,atomic-1x10000"
 )
 
 // parseVariants picks the variants named in keys, in that order.

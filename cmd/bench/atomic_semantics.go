@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -78,6 +80,7 @@ func (b *bench) semanticsChecks(ctx context.Context, js jetstream.JetStream, all
 	}
 
 	batch("a batch on 10 subjects, ids new", events(1, 10))
+	lines = append(lines, "- what a consumer reads of that batch: "+storedHeaders(ctx, js, 1)+"; its last: "+storedHeaders(ctx, js, 10))
 	batch("the same batch again, as a caller would after losing the commit's ack", events(1, 10))
 	ms := events(11, 10)
 	if _, err := plain(ms[2], ms[6]); err != nil {
@@ -149,6 +152,28 @@ func (b *bench) semanticsChecks(ctx context.Context, js jetstream.JetStream, all
 	}
 	lines = append(lines, fmt.Sprintf("- batches opened (first message added, acked) and left open: %d open, then: %s", open, outcome(nil, firstErr)))
 	return lines
+}
+
+// storedHeaders lists the headers the status stream kept on message seq.
+func storedHeaders(ctx context.Context, js jetstream.JetStream, seq uint64) string {
+	st, err := js.Stream(ctx, broker.StatusStream)
+	if err != nil {
+		return err.Error()
+	}
+	m, err := st.GetMsg(ctx, seq)
+	if err != nil {
+		return err.Error()
+	}
+	keys := make([]string, 0, len(m.Header))
+	for k := range m.Header {
+		v := m.Header.Get(k)
+		if k == "Nats-Batch-Id" {
+			v = "<nuid>"
+		}
+		keys = append(keys, k+": "+v)
+	}
+	slices.Sort(keys)
+	return m.Subject + " {" + strings.Join(keys, ", ") + "}"
 }
 
 // outcome is what PublishMsgBatch's caller got.
