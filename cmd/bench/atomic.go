@@ -168,10 +168,15 @@ func (b *bench) eventMsgFor(prefix string, i int64) *nats.Msg {
 	}
 }
 
-// enableBatches lets the status stream take atomic and fast batches.
+// enableBatches lets the status stream take atomic and fast batches. On a
+// fresh cluster the server asked may not know the stream just created yet:
+// "not found" is tried again too.
 func enableBatches(ctx context.Context, js jetstream.JetStream) error {
 	return broker.Retry(ctx, func(ctx context.Context) error {
 		st, err := js.Stream(ctx, broker.StatusStream)
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			return fmt.Errorf("status stream not known yet: %v", err) // not an APIError: retried
+		}
 		if err != nil {
 			return err
 		}
