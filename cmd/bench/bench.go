@@ -93,10 +93,11 @@ func (b *bench) close() {
 	_ = os.RemoveAll(b.work)
 }
 
-// enabled reports whether the step named runs in this bench.
-func (b *bench) enabled(name string) bool {
+// enabled reports whether the step named runs in this bench. An opt-in
+// step runs only when -only names it.
+func (b *bench) enabled(name string, optIn bool) bool {
 	if b.s.only == "" {
-		return true
+		return !optIn
 	}
 	for p := range strings.SplitSeq(b.s.only, ",") {
 		if strings.TrimSpace(p) == name {
@@ -109,18 +110,21 @@ func (b *bench) enabled(name string) bool {
 func (b *bench) runAll(ctx context.Context) *report {
 	rep := &report{s: b.s}
 	steps := []struct {
-		name string
-		f    func(context.Context, *report) error
+		name  string
+		f     func(context.Context, *report) error
+		optIn bool // not part of a plain `make bench`
 	}{
-		{"dispatch", b.measureDispatch},
-		{"ingest", b.measureIngest},
-		{"memory", b.measureMemory},
-		{"sync", b.measureSync},
-		{"sync-ingest", b.measureSyncIngest},
-		{"profile", b.profilePass},
+		{"dispatch", b.measureDispatch, false},
+		{"ingest", b.measureIngest, false},
+		{"memory", b.measureMemory, false},
+		{"sync", b.measureSync, false},
+		{"sync-ingest", b.measureSyncIngest, false},
+		{"profile", b.profilePass, false},
+		{"atomic", b.measureAtomic, true},
+		{"atomic-cluster", b.measureAtomicCluster, true},
 	}
 	for _, st := range steps {
-		if !b.enabled(st.name) || (st.name == "profile" && !b.s.profile) {
+		if !b.enabled(st.name, st.optIn) || (st.name == "profile" && !b.s.profile) {
 			continue
 		}
 		if ctx.Err() != nil {

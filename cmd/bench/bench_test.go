@@ -88,3 +88,29 @@ func TestCountUsesThousandsSeparators(t *testing.T) {
 	require.Equal(t, "999", count(999))
 	require.Equal(t, "-12,345", count(-12345))
 }
+
+func TestPerfStatOutputGivesTheSyscallCounts(t *testing.T) {
+	out := "# started on Wed Dec  2 14:29:15 2026\n\n" +
+		"163,,syscalls:sys_enter_fsync,1133000000,100.00,,\n" +
+		"0,,syscalls:sys_enter_fdatasync,1133000000,100.00,,\n" +
+		"117,,syscalls:sys_enter_mkdirat,1133000000,100.00,,\n" +
+		"79,,syscalls:sys_enter_openat,1133000000,100.00,,\n"
+	c := parsePerfStat(out)
+	require.True(t, c.ok)
+	require.Equal(t, syscallCounts{ok: true, fsync: 163, mkdir: 117, osyncOpen: 79}, c)
+	require.False(t, parsePerfStat("<not counted>,,syscalls:sys_enter_fsync,0,0.00,,\n").ok)
+}
+
+func TestStoreVariantsAreNamedByKeyInOrder(t *testing.T) {
+	vs, err := parseVariants(" atomic-8x1000, sync-64 ,", allStoreVariants)
+	require.NoError(t, err)
+	require.Len(t, vs, 2)
+	require.Equal(t, "atomic-8x1000", vs[0].key)
+	require.Equal(t, modeSync, vs[1].mode)
+	_, err = parseVariants("atomic-3x7", allStoreVariants)
+	require.Error(t, err)
+	for _, list := range []string{defaultAtomicVariants, defaultClusterVariants} {
+		_, err := parseVariants(list, allStoreVariants)
+		require.NoError(t, err, list)
+	}
+}

@@ -46,6 +46,9 @@ type settings struct {
 	// Extra environment of the services, to try a setting (NAME=value,...).
 	dispatcherEnv string
 	ingestEnv     string
+	// The opt-in store measurement (-only atomic, atomic-cluster).
+	atomicWindow   time.Duration // how long each variant publishes
+	atomicVariants string        // comma-separated variant keys; empty: the step's default list
 }
 
 func (s *settings) declare(set *config.Set) {
@@ -62,11 +65,13 @@ func (s *settings) declare(set *config.Set) {
 	set.Duration(&s.deadline, "deadline", "BENCH_DEADLINE", 9*time.Minute+30*time.Second, "limit of the whole bench")
 	set.Bool(&s.profile, "profile", "BENCH_PROFILE", true, "run the CPU profiling passes and put their top functions in the report")
 	set.Bool(&s.keep, "keep", "BENCH_KEEP", false, "keep the work directory (service logs, CPU profiles)")
-	set.String(&s.only, "only", "BENCH_ONLY", "", "comma-separated subset of: dispatch, ingest, memory, sync (the dispatcher), sync-ingest, profile (empty: all)")
+	set.String(&s.only, "only", "BENCH_ONLY", "", "comma-separated subset of: dispatch, ingest, memory, sync (the dispatcher), sync-ingest, profile (empty: all of these); opt-in, only when named: atomic (status-event stores: sync, async, atomic batches, one server), atomic-cluster (the same on three nodes, R3)")
 	set.Bool(&s.short, "short", "BENCH_SHORT", false, "smoke run: small counts and short windows, BENCHMARKS.md not written")
 	set.String(&s.logLevel, "log-level", "LOG_LEVEL", "info", "level of the bench's progress lines on stderr")
 	set.String(&s.dispatcherEnv, "dispatcher-env", "BENCH_DISPATCHER_ENV", "", "extra dispatcher settings, NAME=value,... (to try one; the report says so)")
 	set.String(&s.ingestEnv, "ingest-env", "BENCH_INGEST_ENV", "", "extra callback-ingest settings, NAME=value,... (to try one; the report says so)")
+	set.Duration(&s.atomicWindow, "atomic-window", "BENCH_ATOMIC_WINDOW", 4*time.Second, "how long each variant of -only atomic / atomic-cluster publishes (its last group finishes after)")
+	set.String(&s.atomicVariants, "atomic-variants", "BENCH_ATOMIC_VARIANTS", "", "variants of -only atomic / atomic-cluster, comma-separated keys (sync-64, async-1x10000, atomic-8x1000, ...; empty: the step's default list)")
 }
 
 func (s *settings) applyShort() {
@@ -82,6 +87,7 @@ func (s *settings) applyShort() {
 	s.warmup = 500 * time.Millisecond
 	s.runTimeout = 60 * time.Second
 	s.rounds = 1
+	s.atomicWindow = time.Second
 }
 
 func (s settings) validate() error {
@@ -95,7 +101,10 @@ func (s settings) validate() error {
 	if s.rounds < 1 || s.rounds > 9 {
 		errs = append(errs, fmt.Errorf("BENCH_ROUNDS: %d is out of range 1..9", s.rounds))
 	}
-	if s.load <= 0 || s.memFor <= 0 || s.runTimeout <= 0 || s.deadline <= 0 || s.warmup < 0 {
+	if _, err := parseVariants(s.atomicVariants, allStoreVariants); err != nil {
+		errs = append(errs, fmt.Errorf("BENCH_ATOMIC_VARIANTS: %w", err))
+	}
+	if s.load <= 0 || s.memFor <= 0 || s.runTimeout <= 0 || s.deadline <= 0 || s.warmup < 0 || s.atomicWindow <= 0 {
 		errs = append(errs, errors.New("durations must be positive"))
 	}
 	return errors.Join(errs...)

@@ -30,6 +30,21 @@ type natsServer struct {
 type natsOptions struct {
 	syncAlways bool
 	profile    bool
+	// batchMaxMsgs raises nats-server's atomic batch size limit
+	// (jetstream.limits.batch.max_msgs, 1,000 by default); 0 keeps it.
+	batchMaxMsgs int
+}
+
+// jetStreamBlock is the jetstream {} block of a server config on store.
+func (o natsOptions) jetStreamBlock(store string) string {
+	js := fmt.Sprintf("jetstream {\n  store_dir: %q\n", store)
+	if o.syncAlways {
+		js += "  sync_interval: always\n"
+	}
+	if o.batchMaxMsgs > 0 {
+		js += fmt.Sprintf("  limits {\n    batch {\n      max_msgs: %d\n    }\n  }\n", o.batchMaxMsgs)
+	}
+	return js + "}\n"
 }
 
 // startNATS runs the nats-server binary on dir (dir/store is the JetStream
@@ -40,14 +55,31 @@ func startNATS(ctx context.Context, bin, dir string, o natsOptions) (*natsServer
 		return nil, err
 	}
 	conf := fmt.Sprintf("server_name: bench\nhost: 127.0.0.1\nport: -1\nports_file_dir: %q\nmax_payload: 8MB\n", dir)
-	js := fmt.Sprintf("jetstream {\n  store_dir: %q\n", store)
-	if o.syncAlways {
-		js += "  sync_interval: always\n"
-	}
-	conf += js + "}\n"
+	conf += o.jetStreamBlock(store)
 	if o.profile {
 		conf += "prof_port: -1\n"
 	}
+	ns, err := launchNATS(ctx, bin, dir, conf, o.profile)
+	if err != nil {
+		return nil, err
+	}
+	// JetStream answers once the store is recovered.
+	nc, js2, err := connect(ns.url)
+	if err != nil {
+		ns.stop(5 * time.Second)
+		return nil, err
+	}
+	defer nc.Close()
+	if err := broker.Retry(ctx, func(ctx context.Context) error { _, err := js2.AccountInfo(ctx); return err }); err != nil {
+		ns.stop(5 * time.Second)
+		return nil, fmt.Errorf("nats-server JetStream: %w", err)
+	}
+	return ns, nil
+}
+
+// launchNATS writes conf to dir/nats.conf, starts the server on it and
+// waits for its ports file (conf must set ports_file_dir to dir).
+func launchNATS(ctx context.Context, bin, dir, conf string, wantProf bool) (*natsServer, error) {
 	confPath := filepath.Join(dir, "nats.conf")
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
 		return nil, err
@@ -69,8 +101,8 @@ func startNATS(ctx context.Context, bin, dir string, o natsOptions) (*natsServer
 			if len(ports.Profile) > 0 {
 				ns.profURL = ports.Profile[0]
 			}
-			if !o.profile || ns.profURL != "" {
-				break
+			if !wantProf || ns.profURL != "" {
+				return ns, nil
 			}
 		}
 		if err := p.exited(); err != nil {
@@ -82,18 +114,6 @@ func startNATS(ctx context.Context, bin, dir string, o natsOptions) (*natsServer
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	// JetStream answers once the store is recovered.
-	nc, js2, err := connect(ns.url)
-	if err != nil {
-		ns.stop(5 * time.Second)
-		return nil, err
-	}
-	defer nc.Close()
-	if err := broker.Retry(ctx, func(ctx context.Context) error { _, err := js2.AccountInfo(ctx); return err }); err != nil {
-		ns.stop(5 * time.Second)
-		return nil, fmt.Errorf("nats-server JetStream: %w", err)
-	}
-	return ns, nil
 }
 
 // cpuProfile fetches a CPU profile of d from the server's pprof listener.
