@@ -668,7 +668,7 @@ func TestKubernetesManifests(t *testing.T) {
 				"NATS_PASSWORD",
 				// The shared ConfigMap serves both services.
 				"THINGSPACE_BASE_URL", "THINGSPACE_CLIENT_ID", "THINGSPACE_USERNAME", "THINGSPACE_RATE",
-				"BATCH_MAX_DEVICES", "BATCH_MAX_WAIT", "CALLBACK_DEADLINE", "CALLBACK_URL"),
+				"BATCH_MAX_DEVICES", "BATCH_MAX_WAIT", "STATUS_BATCH_MAX", "CALLBACK_DEADLINE", "CALLBACK_URL"),
 				"variables %s does not read", name)
 			require.Len(t, natsURLs(t, env["NATS_URL"]), 3, "NATS_URL lists the cluster")
 			require.Equal(t, "3", env["STREAM_REPLICAS"])

@@ -115,7 +115,9 @@ func (b *bench) measureSync(ctx context.Context, rep *report) error {
 		}
 		pubInfo.name = "4 always: 64 synchronous publishers" + round
 		rep.runs = append(rep.runs, pubInfo)
-		run, err := b.runDispatcher(ctx, fmt.Sprintf("sync-dispatch-%d", i+1), tmpl, n, always, dispatcherLaunch{})
+		// As the deploy files run it beside servers that sync every write.
+		run, err := b.runDispatcher(ctx, fmt.Sprintf("sync-dispatch-%d", i+1), tmpl, n, always,
+			dispatcherLaunch{env: []string{"STATUS_BATCH_MAX=1000"}})
 		if err != nil {
 			errs = append(errs, fmt.Errorf("dispatcher: %w", err))
 			break

@@ -83,6 +83,13 @@ type Config struct {
 	// outcomes get this long, then what is not acknowledged is handed back
 	// (default 20s).
 	ShutdownGrace time.Duration
+	// StatusBatchMax, when set (100 or more, the server allows 1,000
+	// unless its jetstream limits say more), stores status events in atomic
+	// batches of that many: worth it when the servers fsync every write
+	// (sync_interval: always, as the deploy files choose: 8x the events a
+	// second), a loss when they do not (0.65x): BENCHMARKS.md lesson 15.
+	// Default 0: each event alone.
+	StatusBatchMax int
 	// Checksums also checks Luhn and MOD 97-10 digits (default false).
 	Checksums bool
 
@@ -135,6 +142,7 @@ func (c *Config) Declare(s *config.Set) {
 	s.Int(&c.MaxAttempts, "max-attempts", "MAX_ATTEMPTS", 30, "tries of one ThingSpace call, its commands held meanwhile, before its devices end failed")
 	s.Duration(&c.RetryMaxWait, "retry-max-wait", "RETRY_MAX_WAIT", 30*time.Second, "longest wait between two tries of a call (caps a 5xx's Retry-After)")
 	s.Duration(&c.ShutdownGrace, "shutdown-grace", "SHUTDOWN_GRACE", 20*time.Second, "how long a stop waits for the call in flight and the storing of outcomes")
+	s.Int(&c.StatusBatchMax, "status-batch-max", "STATUS_BATCH_MAX", 0, "status events stored in one atomic batch, 100 to the server's limit (1000): with sync_interval: always (0: each alone)")
 	s.Bool(&c.Checksums, "check-digits", "CHECK_DIGITS", false, "also verify Luhn (ICCID, IMEI) and MOD 97-10 (EID) check digits")
 	s.Sensitive("CALLBACK_USERNAME")
 	s.Required("THINGSPACE_CLIENT_ID", "THINGSPACE_CLIENT_SECRET", "THINGSPACE_USERNAME", "THINGSPACE_PASSWORD")
@@ -236,6 +244,9 @@ func (c *Config) Validate() error {
 	}
 	if err := c.batchConfig().Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	if c.StatusBatchMax < 0 || (c.StatusBatchMax > 0 && c.StatusBatchMax < minAtomicBatch) {
+		errs = append(errs, fmt.Errorf("STATUS_BATCH_MAX: %d is neither 0 nor at least %d", c.StatusBatchMax, minAtomicBatch))
 	}
 	if c.AckWait < 3*time.Second {
 		errs = append(errs, fmt.Errorf("ACK_WAIT: %s is shorter than 3s", c.AckWait))

@@ -3,21 +3,22 @@ package dispatch
 import "github.com/prometheus/client_golang/prometheus"
 
 type metrics struct {
-	commands    *prometheus.CounterVec   // result
-	devices     *prometheus.CounterVec   // status
-	batches     *prometheus.CounterVec   // action
-	batchFull   prometheus.Counter       //
-	batchSize   prometheus.Histogram     //
-	calls       *prometheus.CounterVec   // endpoint, code
-	callSeconds *prometheus.HistogramVec // endpoint
-	retries     prometheus.Counter
-	throttled   prometheus.Counter
-	deadLetters prometheus.Counter
-	held        prometheus.Gauge
-	waiting     prometheus.Gauge
-	pending     prometheus.Gauge
-	redelivered prometheus.Counter
-	takeovers   prometheus.Counter
+	commands     *prometheus.CounterVec   // result
+	devices      *prometheus.CounterVec   // status
+	batches      *prometheus.CounterVec   // action
+	batchFull    prometheus.Counter       //
+	batchSize    prometheus.Histogram     //
+	calls        *prometheus.CounterVec   // endpoint, code
+	callSeconds  *prometheus.HistogramVec // endpoint
+	retries      prometheus.Counter
+	throttled    prometheus.Counter
+	deadLetters  prometheus.Counter
+	held         prometheus.Gauge
+	waiting      prometheus.Gauge
+	pending      prometheus.Gauge
+	redelivered  prometheus.Counter
+	takeovers    prometheus.Counter
+	eventBatches *prometheus.CounterVec // result
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -66,11 +67,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		redelivered: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "esim_dispatcher_redelivered_commands_total", Help: "Commands delivered more than once (their devices an earlier delivery settled are skipped).",
 		}),
+		eventBatches: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "esim_dispatcher_event_batches_total", Help: "Atomic batches of status events, by result (committed, refused_<JetStream error code>: its events then went one by one).",
+		}, []string{"result"}),
 		takeovers: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "esim_dispatcher_takeovers_total", Help: "Times this dispatcher took the consumer's pin (and read the commands delivered before, not acknowledged).",
 		}),
 	}
 	reg.MustRegister(m.commands, m.devices, m.batches, m.batchFull, m.batchSize, m.calls, m.callSeconds,
-		m.retries, m.throttled, m.deadLetters, m.held, m.waiting, m.pending, m.redelivered, m.takeovers)
+		m.retries, m.throttled, m.deadLetters, m.held, m.waiting, m.pending, m.redelivered, m.takeovers, m.eventBatches)
 	return m
 }

@@ -3,12 +3,14 @@ package dispatch
 import (
 	"context"
 	"errors"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/synadia-io/orbit.go/jetstreamext"
 
 	"github.com/esim-pipeline/thingspace-esim/internal/batch"
 	"github.com/esim-pipeline/thingspace-esim/internal/broker"
@@ -209,9 +211,14 @@ const publishTimeout = 10 * time.Second
 
 // publish stores events on their status subjects, each with its eventId as
 // Nats-Msg-Id and, where seqs gives one, the stream sequence of the
-// command it settles; it returns once every one is acknowledged. Failed
-// publishes are tried again until ctx ends: an event that is not stored
-// must not let its command be acknowledged.
+// command it settles; it returns once every one is acknowledged. Many
+// events go in atomic batches of up to STATUS_BATCH_MAX: one commit, and
+// under sync_interval: always one fsync, for the batch (BENCHMARKS.md,
+// lesson 15). A batch the server refuses stored nothing (a duplicate id
+// inside fails it whole, as after a redelivery): its events go one by one,
+// where a duplicate is acknowledged as one. Failed publishes are tried
+// again until ctx ends: an event that is not stored must not let its
+// command be acknowledged.
 func (d *dispatcher) publish(ctx context.Context, evs []status.Event, seqs ...uint64) error {
 	msgs := make([]*nats.Msg, len(evs))
 	for i, ev := range evs {
@@ -225,6 +232,14 @@ func (d *dispatcher) publish(ctx context.Context, evs []status.Event, seqs ...ui
 		msgs[i] = m
 	}
 	todo := msgs
+	if n := d.cfg.StatusBatchMax; n > 0 && len(msgs) >= minAtomicBatch {
+		todo = nil
+		for chunk := range slices.Chunk(msgs, n) {
+			if !d.publishAtomic(ctx, chunk) {
+				todo = append(todo, chunk...)
+			}
+		}
+	}
 	wait := 100 * time.Millisecond
 	for {
 		var failed []*nats.Msg
@@ -262,6 +277,42 @@ func (d *dispatcher) publish(ctx context.Context, evs []status.Event, seqs ...ui
 		pause(ctx, wait)
 		wait = min(2*wait, 2*time.Second)
 	}
+}
+
+// minAtomicBatch is the fewest events worth an atomic batch: each costs the
+// server a few fsyncs and milliseconds of its own (lesson 15).
+const minAtomicBatch = 100
+
+// publishAtomic stores msgs as one atomic batch and reports whether it was
+// committed; when not, nothing of it is stored and its messages are as they
+// were.
+func (d *dispatcher) publishAtomic(ctx context.Context, msgs []*nats.Msg) bool {
+	if len(msgs) == 0 {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(ctx, publishTimeout)
+	defer cancel()
+	_, err := jetstreamext.PublishMsgBatch(ctx, d.js, msgs)
+	if err == nil {
+		d.m.eventBatches.WithLabelValues("committed").Inc()
+		return true
+	}
+	for _, m := range msgs {
+		// A message with a batch id is taken for part of a batch, and the
+		// batch's requests left their reply inbox on some.
+		m.Reply = ""
+		m.Header.Del(jetstreamext.BatchIDHeader)
+		m.Header.Del(jetstreamext.BatchSeqHeader)
+		m.Header.Del(jetstreamext.BatchCommitHeader)
+	}
+	result := "refused"
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		result = "refused_" + strconv.Itoa(int(apiErr.ErrorCode))
+	}
+	d.m.eventBatches.WithLabelValues(result).Inc()
+	d.log.Debug().Err(err).Int("events", len(msgs)).Msg("atomic batch not committed; its events go one by one")
+	return false
 }
 
 func (d *dispatcher) deadLetter(ctx context.Context, msg *nats.Msg, reason string) error {

@@ -8,6 +8,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
 
@@ -53,4 +55,45 @@ func TestPublishWaitsForASlotWhenAcksAreSlow(t *testing.T) {
 
 	seen := slow.Seen(func(m *nats.Msg) string { return m.Header.Get(nats.MsgIdHdr) })
 	require.Equal(t, want, seen, "each event published once, in order")
+}
+
+// Many events go in one atomic batch; a batch holding an event already
+// stored (a redelivery's) is refused whole, and its events then go one by
+// one: each fact is stored once either way.
+func TestManyEventsGoInAtomicBatchesAndAReplayedOneFallsBackToSinglePublishes(t *testing.T) {
+	ns := natstest.Run(t)
+	nc := ns.Connect()
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	require.NoError(t, broker.Ensure(ctx, js, broker.StreamSettings{}))
+	cfg := Config{StatusBatchMax: 1000}
+	d := &dispatcher{cfg: cfg, js: js, log: zerolog.Nop(), m: newMetrics(prometheus.NewRegistry())}
+	events := func(from, to int) []status.Event {
+		var evs []status.Event
+		for i := from; i < to; i++ {
+			evs = append(evs, status.Event{
+				EventID: fmt.Sprintf("event-%d", i), CommandID: fmt.Sprintf("cmd-%d", i), RequestID: "req-1",
+				Action: "enable", AccountName: "0000123456-00001", Status: status.Accepted, OccurredAt: time.Now().UTC(),
+				Device: device.Set{}.With(device.ICCID, fmt.Sprintf("891480000000000%05d", i)),
+			})
+		}
+		return evs
+	}
+	require.NoError(t, d.publish(ctx, events(0, 300)))
+	require.NoError(t, d.publish(ctx, events(200, 450))) // 100 stored already
+	st, err := js.Stream(ctx, broker.StatusStream)
+	require.NoError(t, err)
+	info, err := st.Info(ctx)
+	require.NoError(t, err)
+	require.Equal(t, uint64(450), info.State.Msgs, "each event stored once")
+	first, err := st.GetMsg(ctx, 1)
+	require.NoError(t, err)
+	require.NotEmpty(t, first.Header.Get("Nats-Batch-Id"), "the first 300 went in one batch")
+	last, err := st.GetMsg(ctx, 450)
+	require.NoError(t, err)
+	require.Empty(t, last.Header.Get("Nats-Batch-Id"), "the second batch was refused; its events went one by one")
+	require.Equal(t, 1.0, testutil.ToFloat64(d.m.eventBatches.WithLabelValues("committed")))
+	require.Equal(t, 1.0, testutil.ToFloat64(d.m.eventBatches.WithLabelValues("refused_10201")))
 }
