@@ -230,7 +230,6 @@ func (s *session) take(ctx context.Context, msg *nats.Msg) {
 		account: cmd.AccountName,
 		opts:    cmd.Options,
 		key:     batch.Key{Action: string(cmd.Action), Account: cmd.AccountName, Options: cmd.Options.Key()},
-		devices: make(map[string]device.Set, len(cmd.Devices)),
 		tries:   meta.NumDelivered,
 	}
 	d.log.Debug().Str(observability.FieldCommandID, h.id).Int(observability.FieldDevices, cmd.Len()).
@@ -242,11 +241,10 @@ func (s *session) take(ctx context.Context, msg *nats.Msg) {
 			return
 		}
 	}
+	h.setDevices(cmd.Devices)
 	devs := make([]order.Device, len(cmd.Devices))
 	for i, dv := range cmd.Devices {
-		k := dv.IDs.Key()
-		h.devices[k] = dv.IDs
-		devs[i] = order.Device{Key: k}
+		devs[i] = order.Device{Key: dv.IDs.Key()}
 	}
 	if meta.NumDelivered > 1 {
 		if err := d.markSettled(ctx, h, meta.Timestamp, devs); err != nil {
@@ -320,7 +318,7 @@ func (d *dispatcher) markSettled(ctx context.Context, h *held, published time.Ti
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			done, err := d.settledSince(ctx, h, published, h.devices[devs[i].Key])
+			done, err := d.settledSince(ctx, h, published, h.device(devs[i].Key))
 			if err != nil {
 				errs <- err
 				return

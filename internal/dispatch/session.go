@@ -24,11 +24,43 @@ type held struct {
 	account string
 	key     batch.Key
 	opts    command.Options
-	devices map[string]device.Set // device key -> identifiers
+	devices []device.Set          // the valid devices, in command order
+	byKey   map[string]device.Set // the same by key, for a wide command only
 	tries   uint64                // deliveries so far
 	// failure, once set, is why some device ended failed: the command is
 	// dead-lettered instead of acknowledged.
 	failure string
+}
+
+// wideCommand is how many devices a command has before a map finds them:
+// a map per command costs more than a one-device command's other parts.
+const wideCommand = 16
+
+// setDevices records the command's valid devices.
+func (h *held) setDevices(devs []command.Device) {
+	h.devices = make([]device.Set, len(devs))
+	for i, d := range devs {
+		h.devices[i] = d.IDs
+	}
+	if len(devs) > wideCommand {
+		h.byKey = make(map[string]device.Set, len(devs))
+		for _, d := range h.devices {
+			h.byKey[d.Key()] = d
+		}
+	}
+}
+
+// device is the command's device whose key is key.
+func (h *held) device(key string) device.Set {
+	if h.byKey != nil {
+		return h.byKey[key]
+	}
+	for _, d := range h.devices {
+		if d.Key() == key {
+			return d
+		}
+	}
+	return device.Set{}
 }
 
 // session is one tenure of the consumer's pin: the commands held, their
@@ -202,7 +234,7 @@ func (s *session) applyLocked(rel []order.Release) (fails []batch.Item) {
 	woke := false
 	for _, r := range rel {
 		h := s.held[r.Seq]
-		it := batch.Item{Device: h.devices[r.Device], Ref: h}
+		it := batch.Item{Device: h.device(r.Device), Ref: h}
 		switch r.Do {
 		case order.Send:
 			s.batcher.Add(h.key, it)
