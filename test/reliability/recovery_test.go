@@ -20,10 +20,10 @@ import (
 // one-device enables, THINGSPACE_RATE=10, 1,000-device batches, callbacks
 // on; SIGKILL of the dispatcher once about 9,500 devices were accepted, a
 // new one started at once, with the production ACK_WAIT and PINNED_TTL.
-// Every device ends final; the figures are the time from the kill to the
-// next ThingSpace call (goal 10 s), to every device final (goal ACK_WAIT +
-// 20 s), and the devices submitted a second after recovery against before
-// (goal 0.9).
+// Every device ends final, the next ThingSpace call comes within 10 s of
+// the kill and every device is final within ACK_WAIT + 20 s; the figures
+// also give the devices submitted a second after recovery against before
+// (goal 0.9, reported, not asserted).
 func TestDispatcherKilledAtScaleRecoversQuickly(t *testing.T) {
 	if testing.Short() {
 		t.Skip("50,000 commands")
@@ -87,7 +87,9 @@ func TestDispatcherKilledAtScaleRecoversQuickly(t *testing.T) {
 		rateBefore, rateAfter, rateAfter/rateBefore, twice)
 	require.LessOrEqual(t, nextCall, 10*time.Second, "the next call within 10 s of the kill")
 	require.LessOrEqual(t, allFinal, ackWait+20*time.Second, "every device final within ACK_WAIT + 20 s")
-	require.GreaterOrEqual(t, rateAfter/rateBefore, 0.9, "throughput after recovery")
+	// The rates are figures, not assertions: on a shared machine a second's
+	// rate moves with everything else running (the guide: speed is for
+	// make bench). The times above are the design's (PINNED_TTL, ACK_WAIT).
 	checkCallbacks(t, p.sim, p.events)
 }
 
