@@ -23,15 +23,11 @@ var files embed.FS
 // BaseURL is the common prefix of every schema's $id.
 const BaseURL = "https://github.com/esim-pipeline/thingspace-esim/schemas/"
 
-// Schema file names.
+// Schema file names. Each action's command schema is [CommandName] of it,
+// generated from the action table (internal/command).
 const (
-	CommandEnable     = "command-enable.schema.json"
-	CommandDisable    = "command-disable.schema.json"
-	CommandDelete     = "command-delete.schema.json"
-	CommandDeactivate = "command-deactivate.schema.json"
-	CommandSuspend    = "command-suspend.schema.json"
-	StatusEvent       = "status-event.schema.json"
-	Callback          = "callback.schema.json"
+	StatusEvent = "status-event.schema.json"
+	Callback    = "callback.schema.json"
 )
 
 // ErrUnknownSchema reports a name that is not one of [Names].

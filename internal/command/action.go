@@ -20,6 +20,12 @@ const (
 	Delete     Action = "delete"
 	Deactivate Action = "deactivate"
 	Suspend    Action = "suspend"
+	// The rest of the lifecycle, which undoes the five.
+	Resume          Action = "resume"
+	DeviceSuspend   Action = "device_suspend"
+	DeviceResume    Action = "device_resume"
+	DownloadEnable  Action = "download_enable"
+	DownloadDisable Action = "download_disable"
 )
 
 // Callbacks says how ThingSpace answers an action, per device of a call.
@@ -65,6 +71,7 @@ var (
 	eidICCID     = []device.Kind{device.EID, device.ICCID}
 	eidICCIDIMEI = []device.Kind{device.EID, device.ICCID, device.IMEI}
 	iccidOnly    = []device.Kind{device.ICCID}
+	eidOnly      = []device.Kind{device.EID}
 )
 
 // table is the action table, in a stable order.
@@ -79,6 +86,16 @@ var table = []Spec{
 		Fields: []string{"devices", "accountName", "servicePlan", "etfWaiver", "reasonCode", "commandId"}},
 	{Action: Suspend, Endpoint: "profile_suspend", Required: iccidOnly, Kinds: iccidOnly, Global: true,
 		Fields: []string{"devices", "accountName", "servicePlan", "commandId"}},
+	{Action: Resume, Endpoint: "profile_resume", Required: iccidOnly, Kinds: iccidOnly, Global: true,
+		Fields: []string{"devices", "accountName", "servicePlan", "commandId"}},
+	{Action: DeviceSuspend, Endpoint: "device_suspend", Required: eidOnly, Kinds: eidOnly, Global: true,
+		Fields: []string{"devices", "accountName", "commandId"}, Callbacks: PerProfileThenDevice},
+	{Action: DeviceResume, Endpoint: "device_resume", Required: eidOnly, Kinds: eidOnly, Global: true,
+		Fields: []string{"devices", "accountName", "commandId"}, Callbacks: PerProfileThenDevice},
+	{Action: DownloadEnable, Endpoint: "download_enable", Required: eidICCID, Kinds: eidICCID,
+		Fields: []string{"devices", "accountName", "smsrOid", "commandId"}, Mandatory: []string{"smsrOid"}},
+	{Action: DownloadDisable, Endpoint: "download_disable", Required: eidICCID, Kinds: eidICCID,
+		Fields: []string{"devices", "accountName", "smsrOid", "commandId"}, Mandatory: []string{"smsrOid"}},
 }
 
 // Actions lists every action in a stable order.

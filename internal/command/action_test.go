@@ -37,7 +37,7 @@ func TestParseActionNamesTheValidActions(t *testing.T) {
 	for _, in := range []string{"activate", "profile_suspend", ""} {
 		_, err := command.ParseAction(in)
 		require.ErrorIs(t, err, command.ErrUnknownAction)
-		require.EqualError(t, err, `unknown action "`+in+`" (want one of enable, disable, delete, deactivate, suspend)`)
+		require.EqualError(t, err, `unknown action "`+in+`" (want one of enable, disable, delete, deactivate, suspend, resume, device_suspend, device_resume, download_enable, download_disable)`)
 	}
 }
 
@@ -53,6 +53,11 @@ func TestEachActionKnowsItsEndpointSubjectAndIdentifiers(t *testing.T) {
 		{command.Delete, "delete", []device.Kind{device.EID, device.ICCID}, []device.Kind{device.EID, device.ICCID}},
 		{command.Deactivate, "deactivate", []device.Kind{device.EID, device.ICCID}, []device.Kind{device.EID, device.ICCID, device.IMEI}},
 		{command.Suspend, "profile_suspend", []device.Kind{device.ICCID}, []device.Kind{device.ICCID}},
+		{command.Resume, "profile_resume", []device.Kind{device.ICCID}, []device.Kind{device.ICCID}},
+		{command.DeviceSuspend, "device_suspend", []device.Kind{device.EID}, []device.Kind{device.EID}},
+		{command.DeviceResume, "device_resume", []device.Kind{device.EID}, []device.Kind{device.EID}},
+		{command.DownloadEnable, "download_enable", []device.Kind{device.EID, device.ICCID}, []device.Kind{device.EID, device.ICCID}},
+		{command.DownloadDisable, "download_disable", []device.Kind{device.EID, device.ICCID}, []device.Kind{device.EID, device.ICCID}},
 	}
 	require.Len(t, command.Actions, len(tests))
 	for i, tt := range tests {
@@ -73,10 +78,10 @@ func TestEachActionKnowsItsEndpointSubjectAndIdentifiers(t *testing.T) {
 
 func TestActionFromSubjectRefusesOtherSubjects(t *testing.T) {
 	tests := []struct{ subject, want string }{
-		{"thingspace.profile.commands.activate", `unknown action "activate" (want one of enable, disable, delete, deactivate, suspend)`},
-		{"thingspace.profile.commands.enable.extra", `unknown action: subject "thingspace.profile.commands.enable.extra" is not thingspace.profile.commands.<action> (want one of enable, disable, delete, deactivate, suspend)`},
-		{"thingspace.profile.status.enable", `unknown action: subject "thingspace.profile.status.enable" is not thingspace.profile.commands.<action> (want one of enable, disable, delete, deactivate, suspend)`},
-		{"thingspace.profile.commands.", `unknown action: subject "thingspace.profile.commands." is not thingspace.profile.commands.<action> (want one of enable, disable, delete, deactivate, suspend)`},
+		{"thingspace.profile.commands.activate", `unknown action "activate" (want one of enable, disable, delete, deactivate, suspend, resume, device_suspend, device_resume, download_enable, download_disable)`},
+		{"thingspace.profile.commands.enable.extra", `unknown action: subject "thingspace.profile.commands.enable.extra" is not thingspace.profile.commands.<action> (want one of enable, disable, delete, deactivate, suspend, resume, device_suspend, device_resume, download_enable, download_disable)`},
+		{"thingspace.profile.status.enable", `unknown action: subject "thingspace.profile.status.enable" is not thingspace.profile.commands.<action> (want one of enable, disable, delete, deactivate, suspend, resume, device_suspend, device_resume, download_enable, download_disable)`},
+		{"thingspace.profile.commands.", `unknown action: subject "thingspace.profile.commands." is not thingspace.profile.commands.<action> (want one of enable, disable, delete, deactivate, suspend, resume, device_suspend, device_resume, download_enable, download_disable)`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.subject, func(t *testing.T) {

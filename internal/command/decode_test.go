@@ -70,7 +70,7 @@ func TestTheDisableSeedBodyIsUndecodableAndTheErrorNamesSmsrOid(t *testing.T) {
 		`invalid character '\n' in string literal: the string is not closed on its line`)
 
 	fixed := strings.Replace(string(body), `"smsrOid": "`, `"smsrOid": "`+smsr+`"`, 1)
-	require.NoError(t, schemas.Validate(schemas.CommandDisable, []byte(fixed)))
+	require.NoError(t, schemas.Validate(command.Disable.Schema(), []byte(fixed)))
 	c = decode(t, command.Disable, fixed)
 	require.Len(t, c.Devices, 1)
 }
@@ -201,7 +201,7 @@ func TestUndecodableBodiesAreErrorsWithTheTextAUserReads(t *testing.T) {
 		{"data after the object", command.Enable, enableBody(good) + ` {}`,
 			`undecodable command: invalid JSON at line 1, column 210: invalid character '{' after top-level value`},
 		{"an unknown action", command.Action("activate"), enableBody(good),
-			`undecodable command: unknown action "activate" (want one of enable, disable, delete, deactivate, suspend)`},
+			`undecodable command: unknown action "activate" (want one of enable, disable, delete, deactivate, suspend, resume, device_suspend, device_resume, download_enable, download_disable)`},
 		{"an array, not an object", command.Enable, `[` + good + `]`,
 			`undecodable command: the body must be a JSON object with devices and accountName, not an array`},
 		{"no devices field", command.Enable, `{"accountName":"a","smsrOid":"` + smsr + `"}`,

@@ -1,5 +1,6 @@
 // Package command owns what a producer asks for: the profile actions
-// (enable, disable, delete, deactivate, suspend) with their ThingSpace
+// (the action table: the five of the API pages and the lifecycle that
+// undoes them) with their ThingSpace
 // endpoints and command subjects, and the decoding of a command message's
 // body into a [Command]: its valid devices, ready to batch, and its
 // [Problem]s, one per device that must be rejected.
