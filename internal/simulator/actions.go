@@ -42,6 +42,9 @@ type devState struct {
 	dropFinal bool
 	stuck     bool
 	status    string
+	// profiles are the profile callbacks of a device-level action
+	// (device_suspend, device_resume), sent before the device's own.
+	profiles []profileOutcome
 }
 
 func (d *devState) get(kind string) string {
@@ -139,6 +142,7 @@ func (s *Server) handleAction(w http.ResponseWriter, r *http.Request) {
 		smsrOid: req.SmsrOid, servicePlan: req.ServicePlan, devices: devs,
 	}
 	s.decide(rq)
+	s.apply(rq)
 	s.rmu.Lock()
 	s.requests[rq.id] = rq
 	s.pruneLocked(rq.created)
@@ -231,11 +235,13 @@ func (s *Server) validate(action string, req *thingspace.ProfileRequest) ([]devS
 // decide draws each device's fate from the current faults.
 func (s *Server) decide(rq *request) {
 	f := s.Faults()
+	// No page of a device-level action speaks of a warning first.
+	warns := command.Action(rq.action).Spec().Callbacks == command.PerProfile
 	s.rngMu.Lock()
 	defer s.rngMu.Unlock()
 	for i := range rq.devices {
 		d := &rq.devices[i]
-		d.warning = f.WarningShare > 0 && s.rng.Float64() < f.WarningShare
+		d.warning = warns && f.WarningShare > 0 && s.rng.Float64() < f.WarningShare
 		d.fail = f.FailShare > 0 && s.rng.Float64() < f.FailShare
 		d.dropFinal = f.DropFinalShare > 0 && s.rng.Float64() < f.DropFinalShare
 		d.stuck = f.StuckShare > 0 && s.rng.Float64() < f.StuckShare

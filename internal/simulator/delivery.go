@@ -9,9 +9,11 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/esim-pipeline/thingspace-esim/internal/command"
 	"github.com/esim-pipeline/thingspace-esim/internal/thingspace"
 )
 
@@ -20,6 +22,9 @@ type jobKind uint8
 const (
 	kindWarning jobKind = iota + 1
 	kindFinal
+	// kindProfile: one profile's callback of a device-level action; the
+	// device's own final follows the last of them.
+	kindProfile
 )
 
 // job is one callback to send (one attempt of it).
@@ -29,8 +34,9 @@ type job struct {
 	rq      *request
 	dev     int
 	kind    jobKind
+	profile int  // kindProfile: the index in the device's profiles
 	attempt int  // 1 for the first send; callbackCount
-	next    *job // the final that follows a warning, scheduled after its first attempt
+	next    *job // what follows (the final after a warning, the next profile), scheduled after its first attempt
 }
 
 type jobHeap []*job
@@ -133,6 +139,10 @@ func (sc *scheduler) submit(rq *request) {
 		if !d.stuck {
 			final = &job{rq: rq, dev: i, kind: kindFinal, attempt: 1}
 		}
+		// A device-level action: each profile's callback, then the device's.
+		for p := len(d.profiles) - 1; p >= 0; p-- {
+			final = &job{rq: rq, dev: i, kind: kindProfile, profile: p, attempt: 1, next: final}
+		}
 		switch {
 		case d.warning:
 			js = append(js, &job{due: due, rq: rq, dev: i, kind: kindWarning, attempt: 1, next: final})
@@ -214,13 +224,19 @@ func (sc *scheduler) deliver(j *job) {
 			rq.settle(j.dev)
 		}
 		if next != nil {
-			next.due = time.Now().Add(s.Faults().CallbackDelay)
+			next.due = time.Now()
+			if j.kind == kindWarning {
+				next.due = next.due.Add(s.Faults().CallbackDelay)
+			}
 			defer sc.push(next) // after this attempt, so the warning goes first
 		}
 	}
 	rec := Delivery{
 		At: s.now(), RequestID: rq.id, Action: rq.action, Account: rq.account,
 		Device: d.key(), Final: final, CallbackCount: j.attempt,
+	}
+	if j.kind == kindProfile {
+		rec.Device = d.profiles[j.profile].iccid
 	}
 	if final && d.dropFinal {
 		rec.Withheld = true
@@ -284,12 +300,11 @@ func (sc *scheduler) deliver(j *job) {
 	sc.push(j)
 }
 
-// titleStyle: the deactivate and suspend pages write kinds "Iccid", "Eid",
-// "Imei" and status "SUCCESS"; the enable/disable/delete pages lower-case
-// kinds and write "Success".
-func titleStyle(action string) bool {
-	return action == thingspace.ActionDeactivate || action == thingspace.ActionSuspend
-}
+// titleStyle: the Global eSIM pages (deactivate, profile_suspend, and
+// presumably their lifecycle siblings) write kinds "Iccid", "Eid", "Imei"
+// and status "SUCCESS"; the enable/disable/delete pages lower-case kinds
+// and write "Success".
+func titleStyle(action string) bool { return thingspace.IsGlobal(action) }
 
 func styleKind(action, kind string) string {
 	if titleStyle(action) {
@@ -380,6 +395,10 @@ func (s *Server) callback(rq *request, j *job, reg thingspace.CallbackRegistrati
 	}
 	ip := "10." + strconv.Itoa(int(h>>8&0xff)) + "." + strconv.Itoa(int(h>>16&0xff)) + "." + strconv.Itoa(int(h>>24&0xfe)+1)
 	p := &thingspace.DeviceProfileResponse{DeviceIdentifierCollection: coll}
+	if command.Action(a).Spec().Callbacks == command.PerProfileThenDevice {
+		s.deviceLevel(&cb, rq, j)
+		return cb
+	}
 	switch {
 	case j.kind == kindWarning:
 		cb.Status = thingspace.CallbackWarning
@@ -400,15 +419,17 @@ func (s *Server) callback(rq *request, j *job, reg thingspace.CallbackRegistrati
 		return cb
 	}
 	cb.Status = finalStatus(a, false)
-	switch a {
-	case thingspace.ActionDeactivate:
+	switch command.Action(a) {
+	case command.Deactivate:
 		p.State, p.ServicePlan, p.ProfileStatus, p.ProfileRole = "DEACTIVE", plan, "ENABLE", "LOCAL"
-	case thingspace.ActionSuspend:
+	case command.Suspend:
 		p.State, p.ProfileStatus, p.ProfileRole = "SUSPENDED", "ENABLE", "LOCAL"
+	case command.Resume:
+		p.State, p.ServicePlan, p.ProfileStatus, p.ProfileRole = "ACTIVE", plan, "ENABLE", "LOCAL"
 	default:
 		p.IPAddress, p.State, p.ServicePlan, p.SmsrOid = ip, "Active", plan, rq.smsrOid
 		p.DeviceCredential = &thingspace.DeviceCredential{Username: mdn + "@vzw4g.com", Password: mdn}
-		p.ProfileStatus = a
+		p.ProfileStatus = profileStatus(a)
 		p.EuiccStatus, p.EuiccStatusCode, p.EuiccStatusDesc = "EXECUTED_SUCCESS", "1.2.365", "EUICC device profile has been updated"
 		if a == thingspace.ActionEnable {
 			p.EuiccSubAddressUpdateStatus, p.EuiccSubAddressUpdateStatusCode = "EXECUTED_SUCCESS", "1"
@@ -419,9 +440,58 @@ func (s *Server) callback(rq *request, j *job, reg thingspace.CallbackRegistrati
 	return cb
 }
 
+// profileStatus is what a callback reports of the profile after action: the
+// action's own name on enable, disable and delete, DOWNLOAD_ENABLE or
+// DOWNLOAD_DISABLE after a download ("Working with eUICC Devices"), ENABLE
+// on the Global pages.
 func profileStatus(action string) string {
-	if titleStyle(action) {
+	switch {
+	case titleStyle(action):
 		return "ENABLE"
+	case action == string(command.DownloadEnable), action == string(command.DownloadDisable):
+		return strings.ToUpper(action)
 	}
 	return action
+}
+
+// deviceLevel fills in a callback of device_suspend or device_resume: a
+// profile's (the EID and that ICCID; "Profile is already suspended" as a
+// failure) or, after them, the device's own (the EID alone).
+func (s *Server) deviceLevel(cb *thingspace.Callback, rq *request, j *job) {
+	d := &rq.devices[j.dev]
+	eid, a := d.get("eid"), rq.action
+	id := func(kind, v string) thingspace.DeviceID { return thingspace.DeviceID{Kind: styleKind(a, kind), ID: v} }
+	state := "SUSPENDED"
+	if a == string(command.DeviceResume) {
+		state = "ACTIVE"
+	}
+	if j.kind == kindProfile {
+		o := d.profiles[j.profile]
+		cb.DeviceIDs = []thingspace.DeviceID{id("eid", eid), id("iccid", o.iccid)}
+		if o.fail || d.fail {
+			cb.Status = thingspace.CallbackFailed
+			cb.FaultResponse = &thingspace.FaultResponse{FaultCode: "SMSR.REQUEST_FAILED.ProfileStateChange.Rejected", FaultString: o.fault}
+			if !o.fail {
+				cb.FaultResponse.FaultString = "The SM-SR reported that the eUICC refused the " + a + "."
+			}
+			return
+		}
+		cb.Status = finalStatus(a, false)
+		cb.DeviceResponse = &thingspace.DeviceResponse{DeviceProfileResponse: &thingspace.DeviceProfileResponse{
+			DeviceIdentifierCollection: []thingspace.DeviceID{id("iccid", o.iccid), id("eid", eid)},
+			State:                      state, ProfileStatus: "ENABLE", ProfileRole: "OPERATIONAL",
+		}}
+		return
+	}
+	cb.DeviceIDs = []thingspace.DeviceID{id("eid", eid)}
+	if d.fail {
+		cb.Status = thingspace.CallbackFailed
+		cb.FaultResponse = &thingspace.FaultResponse{FaultCode: "SMSR.REQUEST_FAILED.ProfileStateChange.Rejected",
+			FaultString: "The SM-SR reported that the eUICC refused the " + a + "."}
+		return
+	}
+	cb.Status = finalStatus(a, false)
+	cb.DeviceResponse = &thingspace.DeviceResponse{DeviceProfileResponse: &thingspace.DeviceProfileResponse{
+		DeviceIdentifierCollection: []thingspace.DeviceID{id("eid", eid)}, State: state,
+	}}
 }

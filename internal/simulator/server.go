@@ -60,6 +60,10 @@ type Server struct {
 	requests map[string]*request
 	pruned   time.Time
 
+	emu    sync.Mutex        // guards euiccs, owners
+	euiccs map[string]*euicc // eid -> what calls said of it
+	owners map[string]string // iccid -> eid
+
 	calls      *ring[Call]
 	deliveries *ring[Delivery]
 	count      counters
@@ -83,6 +87,8 @@ func New(cfg Config) (*Server, error) {
 		sessions:   map[string]time.Time{},
 		listeners:  map[string]map[string]thingspace.CallbackRegistration{},
 		requests:   map[string]*request{},
+		euiccs:     map[string]*euicc{},
+		owners:     map[string]string{},
 		calls:      newRing[Call](cfg.HistoryLimit),
 		deliveries: newRing[Delivery](cfg.HistoryLimit),
 	}
