@@ -26,7 +26,7 @@ type layer struct {
 }
 
 var (
-	programs    = layer{"program", 4, []string{"cmd", "deploy"}}
+	programs    = layer{"program", 4, []string{"cmd", "deploy", "internal/pipelinetest", "test"}}
 	application = layer{"application", 3, []string{"internal/dispatch", "internal/callback"}}
 	adapters    = layer{"adapter", 2, []string{"internal/thingspace", "internal/simulator", "internal/broker",
 		"internal/correlation", "internal/ratelimit"}}
@@ -50,7 +50,7 @@ var (
 	// I/O or log; a model imports none of them directly.
 	modelStdlibDenied = []string{"net", "os", "syscall", "io/ioutil", "log", "database/sql", "plugin", "net/http"}
 	// testOnly are module packages that only tests may import.
-	testOnly = []string{"internal/natstest", "internal/testkit"}
+	testOnly = []string{"internal/natstest", "internal/testkit", "internal/pipelinetest"}
 )
 
 // pkg is what the rules need of `go list -json`.

@@ -5,11 +5,12 @@ import (
 	"slices"
 	"time"
 
+	"github.com/esim-pipeline/thingspace-esim/internal/command"
 	"github.com/esim-pipeline/thingspace-esim/internal/device"
 )
 
 // MaxDevices is ThingSpace's limit on devices in one call.
-const MaxDevices = 10000
+const MaxDevices = command.MaxDevices
 
 // Key groups what may share one ThingSpace call.
 type Key struct {

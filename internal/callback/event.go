@@ -5,6 +5,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/esim-pipeline/thingspace-esim/internal/command"
 	"github.com/esim-pipeline/thingspace-esim/internal/correlation"
 	"github.com/esim-pipeline/thingspace-esim/internal/device"
 	"github.com/esim-pipeline/thingspace-esim/internal/status"
@@ -68,28 +69,37 @@ func merge(cb, rec device.Set) device.Set {
 }
 
 // guessAction reads the action a callback answers from what it reports, for
-// a requestId without a record: delete and disable name themselves in
-// profileStatus; deactivate and suspend show in the device's state (their
-// profileStatus stays ENABLE); enable names itself in profileStatus.
+// a requestId without a record: the downloads, delete and disable name
+// themselves in profileStatus; deactivate and suspend show in the device's
+// state (their profileStatus stays ENABLE); enable names itself in
+// profileStatus. The rest (resume, the device-level actions) report nothing
+// of their own: their events go to the unknown action.
 func guessAction(p *thingspace.DeviceProfileResponse) string {
 	if p == nil {
 		return status.UnknownAction
 	}
 	ps := strings.ToLower(strings.TrimSpace(p.ProfileStatus))
 	st := strings.ToLower(strings.TrimSpace(p.State))
+	var a command.Action
 	switch {
+	case ps == string(command.DownloadEnable), ps == string(command.DownloadDisable):
+		a = command.Action(ps)
 	case strings.HasPrefix(ps, "delete"):
-		return thingspace.ActionDelete
+		a = command.Delete
 	case strings.HasPrefix(ps, "disable"):
-		return thingspace.ActionDisable
+		a = command.Disable
 	case strings.HasPrefix(st, "deactiv"):
-		return thingspace.ActionDeactivate
+		a = command.Deactivate
 	case strings.HasPrefix(st, "suspend"):
-		return thingspace.ActionSuspend
-	case strings.HasPrefix(ps, "enable"):
-		return thingspace.ActionEnable
+		a = command.Suspend
+	case strings.HasPrefix(ps, "enable") && strings.TrimSpace(p.ProfileStatus) != "ENABLE":
+		// the enable page writes "enable"; "ENABLE" with an active state is
+		// a Global page's (a resume, perhaps): not a guess to make
+		a = command.Enable
+	default:
+		return status.UnknownAction
 	}
-	return status.UnknownAction
+	return string(a)
 }
 
 // profileOf copies the allow-listed fields of the callback's profile

@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"encoding/json"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -171,5 +174,87 @@ func TestTheCommandSchemasAreGeneratedFromTheActionTable(t *testing.T) {
 		if action, ok := strings.CutPrefix(strings.TrimSuffix(name, ".schema.json"), "command-"); ok {
 			require.True(t, command.Action(action).Valid(), "%s names no action of the table", name)
 		}
+	}
+}
+
+// readmeTable is the README's action table, as the action table makes it.
+func readmeTable() string {
+	var b strings.Builder
+	b.WriteString("| action | ThingSpace endpoint (POST) | identifiers per device | other fields | callbacks |\n")
+	b.WriteString("| --- | --- | --- | --- | --- |\n")
+	for _, a := range command.Actions {
+		sp := a.Spec()
+		var kinds []string
+		for _, k := range sp.Kinds {
+			s := "`" + string(k) + "`"
+			if !slices.Contains(sp.Required, k) {
+				s += " when known"
+			}
+			kinds = append(kinds, s)
+		}
+		required := []string{"`accountName`"}
+		var optional []string
+		for _, f := range sp.Fields {
+			switch {
+			case f == "devices" || f == "accountName" || f == "commandId":
+			case slices.Contains(sp.Mandatory, f):
+				required = append(required, "`"+f+"`")
+			case f == "reasonCode":
+				optional = append(optional, "`reasonCode` (2 chars)")
+			default:
+				optional = append(optional, "`"+f+"`")
+			}
+		}
+		other := strings.Join(required, ", ") + " (required)"
+		if len(optional) > 0 {
+			other += "; " + strings.Join(optional, ", ") + " optional"
+		}
+		cbs := "one per device"
+		if sp.Callbacks == command.PerProfileThenDevice {
+			cbs = "one per profile on the eUICC, then one for the device"
+		}
+		fmt.Fprintf(&b, "| `%s` | `/api/m2m/v1/devices/profile/actions/%s` | %s | %s | %s |\n",
+			a, sp.Endpoint, strings.Join(kinds, ", "), other, cbs)
+	}
+	return b.String()
+}
+
+const readmePath = "../../README.md"
+
+func TestTheREADMEsActionTableIsGeneratedFromTheActionTable(t *testing.T) {
+	raw, err := os.ReadFile(readmePath)
+	require.NoError(t, err)
+	doc := string(raw)
+	begin := strings.Index(doc, "<!-- actions:begin")
+	end := strings.Index(doc, "<!-- actions:end -->")
+	require.True(t, begin >= 0 && end > begin, "README.md has no actions:begin/end markers")
+	begin += strings.Index(doc[begin:], "\n") + 1
+	want := readmeTable()
+	if *update {
+		require.NoError(t, os.WriteFile(readmePath, []byte(doc[:begin]+want+doc[end:]), 0o644))
+		return
+	}
+	require.Equal(t, want, doc[begin:end], "README's action table: run go test ./internal/command -run Generated -update")
+}
+
+var natsPub = regexp.MustCompile(`(?m)^nats pub (thingspace\.profile\.commands\.\S+)(?: -H \S+)? '([^']*)'$`)
+
+// Every README example is a command its action takes whole, and every
+// action has one.
+func TestTheREADMEsExamplesAreValidCommandsOneEachAction(t *testing.T) {
+	raw, err := os.ReadFile(readmePath)
+	require.NoError(t, err)
+	seen := map[command.Action]bool{}
+	for _, m := range natsPub.FindAllStringSubmatch(string(raw), -1) {
+		a, err := command.ActionFromSubject(m[1])
+		require.NoError(t, err)
+		c, err := command.Decode(a, []byte(m[2]), device.Options{Checksums: false})
+		require.NoError(t, err, m[0])
+		require.Nil(t, c.Err, m[0])
+		require.Empty(t, c.Problems, m[0])
+		seen[a] = true
+	}
+	for _, a := range command.Actions {
+		require.True(t, seen[a], "README.md has no nats pub example of %s", a)
 	}
 }

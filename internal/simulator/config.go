@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/esim-pipeline/thingspace-esim/internal/command"
 )
 
 // Demo credentials, accepted when none are configured.
@@ -208,7 +210,7 @@ func (c *Config) setDefaults() {
 	}
 	num(&c.LockoutAfter, 5)
 	num(&c.MaxCallbackThreshold, 4)
-	num(&c.MaxDevices, 10000)
+	num(&c.MaxDevices, command.MaxDevices)
 	num(&c.DeliveryWorkers, 64)
 	num(&c.HistoryLimit, 10000)
 	if c.Seed == 0 {

@@ -431,7 +431,7 @@ func (s *Server) callback(rq *request, j *job, reg thingspace.CallbackRegistrati
 		p.DeviceCredential = &thingspace.DeviceCredential{Username: mdn + "@vzw4g.com", Password: mdn}
 		p.ProfileStatus = profileStatus(a)
 		p.EuiccStatus, p.EuiccStatusCode, p.EuiccStatusDesc = "EXECUTED_SUCCESS", "1.2.365", "EUICC device profile has been updated"
-		if a == thingspace.ActionEnable {
+		if a == string(command.Enable) {
 			p.EuiccSubAddressUpdateStatus, p.EuiccSubAddressUpdateStatusCode = "EXECUTED_SUCCESS", "1"
 			p.EuiccSubAddressUpdateStatusDesc = "SUCCESS: Address has been updated"
 		}

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/esim-pipeline/thingspace-esim/internal/command"
 	"github.com/esim-pipeline/thingspace-esim/internal/simulator"
 	"github.com/esim-pipeline/thingspace-esim/internal/thingspace"
 )
@@ -68,7 +69,7 @@ func TestGlobal_endpoints_answer_business_errors_with_the_HTTP_status_as_code(t 
 		assert.Equal(t, "500", a.body["errorCode"], a.raw)
 	})
 	for _, c := range e.sim.Calls() {
-		if c.Action == thingspace.ActionSuspend && c.Status == http.StatusBadRequest && c.ErrorCode != "400" {
+		if c.Action == string(command.Suspend) && c.Status == http.StatusBadRequest && c.ErrorCode != "400" {
 			assert.Contains(t, c.ErrorCode, "SessionToken", "the record says what was answered")
 		}
 	}

@@ -329,23 +329,11 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 // endpoint.
 func (s *Server) businessError(w http.ResponseWriter, c *Call, code int, service, errCode, msg string) {
 	c.ErrorCode = service + "." + errCode
-	if service == serviceDevice && globalActions[c.Action] {
+	if service == serviceDevice && thingspace.IsGlobal(c.Action) {
 		c.ErrorCode = strconv.Itoa(code)
 	}
 	writeJSON(w, code, map[string]string{"errorCode": c.ErrorCode, "errorMessage": msg})
 }
-
-// globalActions are the actions served by Global eSIM endpoints
-// (deactivate, profile_suspend), which write errorCode as the HTTP status.
-var globalActions = func() map[string]bool {
-	out := map[string]bool{}
-	for _, a := range thingspace.Actions {
-		if thingspace.IsGlobal(a) {
-			out[a] = true
-		}
-	}
-	return out
-}()
 
 func (s *Server) gatewayFault(w http.ResponseWriter, c *Call, code int, fault, msg, desc string) {
 	c.ErrorCode = fault

@@ -17,6 +17,8 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/oauth2"
 	"golang.org/x/oauth2/clientcredentials"
+
+	"github.com/esim-pipeline/thingspace-esim/internal/command"
 )
 
 // Paths of the endpoints the client calls, under the base URL.
@@ -194,13 +196,14 @@ func (c *Client) refused() error {
 	return nil
 }
 
-// ProfileAction submits a profile action ("enable", "disable", "delete",
-// "deactivate", "suspend") and returns ThingSpace's requestId. Callbacks
-// follow, one per device.
+// ProfileAction submits a profile action (a name of package command's
+// action table) and returns ThingSpace's requestId. Callbacks follow, one
+// per device (per profile, then per device, for device_suspend and
+// device_resume).
 func (c *Client) ProfileAction(ctx context.Context, action string, req ProfileRequest) (string, error) {
 	path, ok := ActionPath(action)
 	if !ok {
-		return "", fmt.Errorf("thingspace: unknown profile action %q (want one of %s)", action, strings.Join(Actions, ", "))
+		return "", fmt.Errorf("thingspace: unknown profile action %q (want one of %s)", action, command.OneOf())
 	}
 	var out RequestIDResponse
 	if err := c.call(ctx, http.MethodPost, path, req, &out); err != nil {
@@ -212,31 +215,6 @@ func (c *Client) ProfileAction(ctx context.Context, action string, req ProfileRe
 	c.log.Debug().Str(fieldAction, action).Int(fieldDevices, len(req.Devices)).
 		Str("request_id", out.RequestID).Msg("profile action accepted")
 	return out.RequestID, nil
-}
-
-// Enable enables a downloaded local profile (devices need eid and iccid; smsrOid required).
-func (c *Client) Enable(ctx context.Context, req ProfileRequest) (string, error) {
-	return c.ProfileAction(ctx, ActionEnable, req)
-}
-
-// Disable disables a local profile (devices need eid and iccid; smsrOid required).
-func (c *Client) Disable(ctx context.Context, req ProfileRequest) (string, error) {
-	return c.ProfileAction(ctx, ActionDisable, req)
-}
-
-// Delete deletes a local profile (devices need eid and iccid; smsrOid required).
-func (c *Client) Delete(ctx context.Context, req ProfileRequest) (string, error) {
-	return c.ProfileAction(ctx, ActionDelete, req)
-}
-
-// Deactivate deactivates an eSIM profile (devices need eid and iccid).
-func (c *Client) Deactivate(ctx context.Context, req ProfileRequest) (string, error) {
-	return c.ProfileAction(ctx, ActionDeactivate, req)
-}
-
-// Suspend suspends a Global eSIM profile (devices need iccid).
-func (c *Client) Suspend(ctx context.Context, req ProfileRequest) (string, error) {
-	return c.ProfileAction(ctx, ActionSuspend, req)
 }
 
 // RegisterCallback registers (or replaces) the account's listener reg.Name,

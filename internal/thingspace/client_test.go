@@ -25,18 +25,17 @@ func TestClient_each_action_reaches_its_endpoint_with_the_exact_body(t *testing.
 	waiver := false
 	cases := []struct {
 		name string
-		call func(*thingspace.Client, context.Context, thingspace.ProfileRequest) (string, error)
 		path string
 		req  thingspace.ProfileRequest
 	}{
-		{"enable", (*thingspace.Client).Enable, "/api/m2m/v1/devices/profile/actions/enable", enableRequest()},
-		{"disable", (*thingspace.Client).Disable, "/api/m2m/v1/devices/profile/actions/disable", enableRequest()},
-		{"delete", (*thingspace.Client).Delete, "/api/m2m/v1/devices/profile/actions/delete", enableRequest()},
-		{"deactivate", (*thingspace.Client).Deactivate, "/api/m2m/v1/devices/profile/actions/deactivate", thingspace.ProfileRequest{
+		{"enable", "/api/m2m/v1/devices/profile/actions/enable", enableRequest()},
+		{"disable", "/api/m2m/v1/devices/profile/actions/disable", enableRequest()},
+		{"delete", "/api/m2m/v1/devices/profile/actions/delete", enableRequest()},
+		{"deactivate", "/api/m2m/v1/devices/profile/actions/deactivate", thingspace.ProfileRequest{
 			AccountName: account, ServicePlan: "plan", EtfWaiver: &waiver, ReasonCode: "FF",
 			Devices: []thingspace.Device{{DeviceIDs: []thingspace.DeviceID{{Kind: "eid", ID: eid}, {Kind: "iccid", ID: iccid}, {Kind: "imei", ID: imei}}}},
 		}},
-		{"suspend", (*thingspace.Client).Suspend, "/api/m2m/v1/devices/profile/actions/profile_suspend", thingspace.ProfileRequest{
+		{"suspend", "/api/m2m/v1/devices/profile/actions/profile_suspend", thingspace.ProfileRequest{
 			AccountName: account, ServicePlan: "plan",
 			Devices: []thingspace.Device{{DeviceIDs: []thingspace.DeviceID{{Kind: "Iccid", ID: iccid}}}},
 		}},
@@ -44,7 +43,7 @@ func TestClient_each_action_reaches_its_endpoint_with_the_exact_body(t *testing.
 	e := newEnv(t, simulator.Config{}, nil)
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			id, err := tc.call(e.client, context.Background(), tc.req)
+			id, err := e.client.ProfileAction(context.Background(), tc.name, tc.req)
 			require.NoError(t, err)
 			require.NotEmpty(t, id)
 			got := lastCall(t, e.sim, tc.path)
@@ -87,7 +86,7 @@ func TestClient_sends_both_tokens_and_json_on_business_calls(t *testing.T) {
 	}))
 	t.Cleanup(srv.Close)
 	c := demoClient(t, srv.URL)
-	_, err = c.Enable(context.Background(), enableRequest())
+	_, err = c.ProfileAction(context.Background(), "enable", enableRequest())
 	require.NoError(t, err)
 	mu.Lock()
 	defer mu.Unlock()
@@ -111,13 +110,13 @@ func TestClient_recovers_from_expiry_with_exactly_one_login(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t, simulator.Config{}, nil)
 			ctx := context.Background()
-			_, err := e.client.Enable(ctx, enableRequest())
+			_, err := e.client.ProfileAction(ctx, "enable", enableRequest())
 			require.NoError(t, err)
 			before := e.sim.Stats()
 			require.EqualValues(t, 1, before.Logins)
 
 			tc.expire(e.sim)
-			_, err = e.client.Enable(ctx, enableRequest())
+			_, err = e.client.ProfileAction(ctx, "enable", enableRequest())
 			require.NoError(t, err)
 
 			after := e.sim.Stats()
@@ -145,17 +144,17 @@ func TestClient_recovers_when_the_session_idles_out_on_the_simulator_clock(t *te
 	clock := testkit.NewClock(time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC))
 	e := newEnv(t, simulator.Config{Now: clock.Now, SessionIdle: 20 * time.Minute}, nil)
 	ctx := context.Background()
-	_, err := e.client.Enable(ctx, enableRequest())
+	_, err := e.client.ProfileAction(ctx, "enable", enableRequest())
 	require.NoError(t, err)
 	clock.Add(19 * time.Minute) // still alive: use slides the expiry
-	_, err = e.client.Enable(ctx, enableRequest())
+	_, err = e.client.ProfileAction(ctx, "enable", enableRequest())
 	require.NoError(t, err)
 	clock.Add(19 * time.Minute)
-	_, err = e.client.Enable(ctx, enableRequest())
+	_, err = e.client.ProfileAction(ctx, "enable", enableRequest())
 	require.NoError(t, err)
 	assert.EqualValues(t, 1, e.sim.Stats().Logins, "a used session does not expire")
 	clock.Add(21 * time.Minute)
-	_, err = e.client.Enable(ctx, enableRequest())
+	_, err = e.client.ProfileAction(ctx, "enable", enableRequest())
 	require.NoError(t, err)
 	assert.EqualValues(t, 2, e.sim.Stats().Logins, "an idle session is replaced by one login")
 }
@@ -169,7 +168,7 @@ func TestClient_concurrent_calls_after_expiry_share_one_login(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			e := newEnv(t, simulator.Config{Faults: simulator.Faults{RatePerMinute: -1}}, nil)
 			ctx := context.Background()
-			_, err := e.client.Enable(ctx, enableRequest())
+			_, err := e.client.ProfileAction(ctx, "enable", enableRequest())
 			require.NoError(t, err)
 			before := e.sim.Stats()
 			e.sim.ExpireSessions()
@@ -185,7 +184,7 @@ func TestClient_concurrent_calls_after_expiry_share_one_login(t *testing.T) {
 				go func() {
 					defer wg.Done()
 					<-start
-					_, err := e.client.Enable(ctx, enableRequest())
+					_, err := e.client.ProfileAction(ctx, "enable", enableRequest())
 					errs <- err
 				}()
 			}
@@ -208,7 +207,7 @@ func TestClient_concurrent_calls_after_expiry_share_one_login(t *testing.T) {
 func TestClient_failed_login_is_not_retried_and_says_why(t *testing.T) {
 	e := newEnv(t, simulator.Config{}, func(c *thingspace.Config) { c.Password = "wrong-password-123" })
 	ctx := context.Background()
-	_, err := e.client.Enable(ctx, enableRequest())
+	_, err := e.client.ProfileAction(ctx, "enable", enableRequest())
 	require.Error(t, err)
 	assert.ErrorIs(t, err, thingspace.ErrLoginFailed)
 	assert.True(t, thingspace.IsAuth(err))
@@ -223,7 +222,7 @@ func TestClient_failed_login_is_not_retried_and_says_why(t *testing.T) {
 
 	// Further calls during the back-off are refused without a login.
 	for range 3 {
-		_, err = e.client.Enable(ctx, enableRequest())
+		_, err = e.client.ProfileAction(ctx, "enable", enableRequest())
 		require.ErrorIs(t, err, thingspace.ErrLoginFailed)
 		assert.Contains(t, err.Error(), "refused after a failed login")
 	}
@@ -238,10 +237,10 @@ func TestClient_logs_in_again_after_the_back_off(t *testing.T) {
 		c.Password = "wrong"
 		c.LoginBackoff = 20 * time.Millisecond
 	})
-	_, err := e.client.Enable(context.Background(), enableRequest())
+	_, err := e.client.ProfileAction(context.Background(), "enable", enableRequest())
 	require.ErrorIs(t, err, thingspace.ErrLoginFailed)
 	require.Eventually(t, func() bool {
-		_, err := e.client.Enable(context.Background(), enableRequest())
+		_, err := e.client.ProfileAction(context.Background(), "enable", enableRequest())
 		return err != nil && !strings.Contains(err.Error(), "refused after")
 	}, 5*time.Second, 5*time.Millisecond)
 	assert.EqualValues(t, 2, e.sim.Stats().LoginFailures)
@@ -249,7 +248,7 @@ func TestClient_logs_in_again_after_the_back_off(t *testing.T) {
 
 func TestClient_wrong_client_secret_is_a_login_failure_without_the_secret(t *testing.T) {
 	e := newEnv(t, simulator.Config{}, func(c *thingspace.Config) { c.ClientSecret = "s3cr3t-value" })
-	_, err := e.client.Enable(context.Background(), enableRequest())
+	_, err := e.client.ProfileAction(context.Background(), "enable", enableRequest())
 	require.ErrorIs(t, err, thingspace.ErrLoginFailed)
 	var ae *thingspace.APIError
 	require.ErrorAs(t, err, &ae)
@@ -264,9 +263,9 @@ func TestClient_wrong_client_secret_is_a_login_failure_without_the_secret(t *tes
 func TestClient_rate_limited_call_is_classified(t *testing.T) {
 	e := newEnv(t, simulator.Config{Faults: simulator.Faults{RatePerMinute: 1}}, nil)
 	ctx := context.Background()
-	_, err := e.client.Enable(ctx, enableRequest())
+	_, err := e.client.ProfileAction(ctx, "enable", enableRequest())
 	require.NoError(t, err)
-	_, err = e.client.Enable(ctx, enableRequest())
+	_, err = e.client.ProfileAction(ctx, "enable", enableRequest())
 	require.Error(t, err)
 	assert.ErrorIs(t, err, thingspace.ErrRateLimited)
 	assert.True(t, thingspace.Retryable(err))
@@ -283,7 +282,7 @@ func TestClient_rate_limited_call_is_classified(t *testing.T) {
 func TestClient_business_error_is_decoded(t *testing.T) {
 	bad := "89148000000840784260"
 	e := newEnv(t, simulator.Config{Faults: simulator.Faults{RejectDevices: []string{bad}}}, nil)
-	_, err := e.client.Enable(context.Background(), enableRequest(eid, iccid, eid, bad))
+	_, err := e.client.ProfileAction(context.Background(), "enable", enableRequest(eid, iccid, eid, bad))
 	require.Error(t, err)
 	var ae *thingspace.APIError
 	require.ErrorAs(t, err, &ae)
@@ -320,10 +319,10 @@ func TestClient_server_errors_and_lost_connections_are_retryable(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t, simulator.Config{}, nil)
-			_, err := e.client.Enable(context.Background(), enableRequest()) // log in cleanly
+			_, err := e.client.ProfileAction(context.Background(), "enable", enableRequest()) // log in cleanly
 			require.NoError(t, err)
 			require.NoError(t, e.sim.SetFaults(tc.faults))
-			_, err = e.client.Enable(context.Background(), enableRequest())
+			_, err = e.client.ProfileAction(context.Background(), "enable", enableRequest())
 			require.Error(t, err)
 			assert.True(t, thingspace.Retryable(err), "%v", err)
 			assert.False(t, thingspace.IsPermanent(err))
@@ -334,11 +333,11 @@ func TestClient_server_errors_and_lost_connections_are_retryable(t *testing.T) {
 
 func TestClient_per_call_timeout_is_retryable_but_caller_cancellation_is_not(t *testing.T) {
 	e := newEnv(t, simulator.Config{}, func(c *thingspace.Config) { c.Timeout = 100 * time.Millisecond })
-	_, err := e.client.Enable(context.Background(), enableRequest())
+	_, err := e.client.ProfileAction(context.Background(), "enable", enableRequest())
 	require.NoError(t, err)
 	require.NoError(t, e.sim.SetFaults(simulator.Faults{Latency: 2 * time.Second}))
 
-	_, err = e.client.Enable(context.Background(), enableRequest())
+	_, err = e.client.ProfileAction(context.Background(), "enable", enableRequest())
 	require.Error(t, err)
 	assert.ErrorIs(t, err, thingspace.ErrTimeout)
 	assert.True(t, thingspace.Retryable(err))
@@ -346,7 +345,7 @@ func TestClient_per_call_timeout_is_retryable_but_caller_cancellation_is_not(t *
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() {
-		_, err := e.client.Enable(ctx, enableRequest())
+		_, err := e.client.ProfileAction(ctx, "enable", enableRequest())
 		errc <- err
 	}()
 	cancel()
@@ -357,7 +356,7 @@ func TestClient_per_call_timeout_is_retryable_but_caller_cancellation_is_not(t *
 
 	dctx, dcancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer dcancel()
-	_, err = e.client.Enable(dctx, enableRequest())
+	_, err = e.client.ProfileAction(dctx, "enable", enableRequest())
 	require.Error(t, err)
 	assert.ErrorIs(t, err, context.DeadlineExceeded)
 	assert.NotErrorIs(t, err, thingspace.ErrTimeout)
@@ -379,7 +378,7 @@ func TestClient_request_status_follows_the_devices(t *testing.T) {
 	ctx := context.Background()
 	require.NoError(t, e.client.RegisterCallback(ctx, account, thingspace.CallbackRegistration{
 		Name: thingspace.ServiceDeviceProfile, URL: listener.URL}))
-	id, err := e.client.Enable(ctx, enableRequest())
+	id, err := e.client.ProfileAction(ctx, "enable", enableRequest())
 	require.NoError(t, err)
 	select {
 	case cb := <-got:
@@ -425,7 +424,7 @@ func TestClient_callback_listeners_register_list_and_remove(t *testing.T) {
 
 func TestClient_logs_each_call_without_secrets(t *testing.T) {
 	e := newEnv(t, simulator.Config{}, nil)
-	_, err := e.client.Enable(context.Background(), enableRequest())
+	_, err := e.client.ProfileAction(context.Background(), "enable", enableRequest())
 	require.NoError(t, err)
 	logs := e.logs.String()
 	assert.Contains(t, logs, `"path":"/api/m2m/v1/devices/profile/actions/enable"`)
@@ -439,11 +438,11 @@ func TestClient_logs_each_call_without_secrets(t *testing.T) {
 func TestClient_Logout_ends_the_session(t *testing.T) {
 	e := newEnv(t, simulator.Config{}, nil)
 	ctx := context.Background()
-	_, err := e.client.Enable(ctx, enableRequest())
+	_, err := e.client.ProfileAction(ctx, "enable", enableRequest())
 	require.NoError(t, err)
 	require.NoError(t, e.client.Logout(ctx))
 	assert.EqualValues(t, 1, e.sim.Stats().Logouts)
-	_, err = e.client.Enable(ctx, enableRequest())
+	_, err = e.client.ProfileAction(ctx, "enable", enableRequest())
 	require.NoError(t, err)
 	assert.EqualValues(t, 2, e.sim.Stats().Logins)
 }
@@ -487,7 +486,7 @@ func TestClient_concurrent_callers_after_a_bad_credential_cause_one_attempt(t *t
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					_, err := e.client.Enable(context.Background(), enableRequest())
+					_, err := e.client.ProfileAction(context.Background(), "enable", enableRequest())
 					errs <- err
 				}()
 			}
@@ -517,7 +516,7 @@ func TestClient_failing_token_refresh_is_not_repeated_by_concurrent_callers(t *t
 	}))
 	t.Cleanup(srv.Close)
 	c := demoClient(t, srv.URL)
-	_, err = c.Enable(context.Background(), enableRequest())
+	_, err = c.ProfileAction(context.Background(), "enable", enableRequest())
 	require.NoError(t, err)
 
 	broken.Store(true)
@@ -528,7 +527,7 @@ func TestClient_failing_token_refresh_is_not_repeated_by_concurrent_callers(t *t
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, err := c.Enable(context.Background(), enableRequest())
+			_, err := c.ProfileAction(context.Background(), "enable", enableRequest())
 			errs <- err
 		}()
 	}

@@ -147,7 +147,7 @@ func TestRetryAfter_reads_seconds_and_http_dates(t *testing.T) {
 			defer srv.Close()
 			c, err := thingspace.New(thingspace.Config{BaseURL: srv.URL, ClientID: "c", ClientSecret: "s", Username: "u", Password: "p"})
 			require.NoError(t, err)
-			_, err = c.Enable(context.Background(), enableRequest())
+			_, err = c.ProfileAction(context.Background(), "enable", enableRequest())
 			require.Error(t, err)
 			var ae *thingspace.APIError
 			require.ErrorAs(t, err, &ae)

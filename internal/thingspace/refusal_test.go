@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/esim-pipeline/thingspace-esim/internal/command"
 	"github.com/esim-pipeline/thingspace-esim/internal/simulator"
 	"github.com/esim-pipeline/thingspace-esim/internal/thingspace"
 )
@@ -122,12 +123,12 @@ func TestClient_against_the_simulator_tells_refusals_apart_on_Global_and_other_e
 		numeric      bool
 		want         thingspace.Scope
 	}{
-		{"a refused device on suspend", thingspace.ActionSuspend, suspendRequest(account, iccid, bad), true, thingspace.ScopeDevice},
-		{"a bad account on suspend", thingspace.ActionSuspend, suspendRequest("abc", iccid), true, thingspace.ScopeAccount},
-		{"no account on deactivate", thingspace.ActionDeactivate, deactivate("", ""), true, thingspace.ScopeAccount},
-		{"a bad reason code on deactivate", thingspace.ActionDeactivate, deactivate(account, "FFF"), true, thingspace.ScopeRequest},
-		{"a refused device on enable", thingspace.ActionEnable, enableRequest(eid, iccid, eid, bad), false, thingspace.ScopeDevice},
-		{"a bad account on enable", thingspace.ActionEnable, func() thingspace.ProfileRequest {
+		{"a refused device on suspend", string(command.Suspend), suspendRequest(account, iccid, bad), true, thingspace.ScopeDevice},
+		{"a bad account on suspend", string(command.Suspend), suspendRequest("abc", iccid), true, thingspace.ScopeAccount},
+		{"no account on deactivate", string(command.Deactivate), deactivate("", ""), true, thingspace.ScopeAccount},
+		{"a bad reason code on deactivate", string(command.Deactivate), deactivate(account, "FFF"), true, thingspace.ScopeRequest},
+		{"a refused device on enable", string(command.Enable), enableRequest(eid, iccid, eid, bad), false, thingspace.ScopeDevice},
+		{"a bad account on enable", string(command.Enable), func() thingspace.ProfileRequest {
 			r := enableRequest()
 			r.AccountName = "abc"
 			return r
@@ -156,7 +157,7 @@ func TestClient_against_the_simulator_tells_refusals_apart_on_Global_and_other_e
 	t.Run("a server error on suspend is retryable", func(t *testing.T) {
 		require.NoError(t, e.sim.SetFaults(simulator.Faults{ErrorShare: 1}))
 		defer func() { require.NoError(t, e.sim.SetFaults(simulator.Faults{})) }()
-		_, err := e.client.Suspend(ctx, suspendRequest(account, iccid))
+		_, err := e.client.ProfileAction(ctx, "suspend", suspendRequest(account, iccid))
 		var ae *thingspace.APIError
 		require.ErrorAs(t, err, &ae)
 		assert.Equal(t, "500", ae.Code)
@@ -166,7 +167,7 @@ func TestClient_against_the_simulator_tells_refusals_apart_on_Global_and_other_e
 	t.Run("an expired session on suspend is renewed", func(t *testing.T) {
 		e.sim.ExpireSessions()
 		logins := e.sim.Stats().Logins
-		_, err := e.client.Suspend(ctx, suspendRequest(account, iccid))
+		_, err := e.client.ProfileAction(ctx, "suspend", suspendRequest(account, iccid))
 		require.NoError(t, err)
 		assert.Equal(t, logins+1, e.sim.Stats().Logins)
 	})
@@ -192,7 +193,7 @@ func TestClient_renews_a_session_refused_with_a_numeric_code(t *testing.T) {
 	}))
 	t.Cleanup(srv.Close)
 	c := demoClient(t, srv.URL)
-	id, err := c.Suspend(context.Background(), suspendRequest(account, iccid))
+	id, err := c.ProfileAction(context.Background(), "suspend", suspendRequest(account, iccid))
 	require.NoError(t, err)
 	assert.NotEmpty(t, id)
 	assert.True(t, refused.Load())
@@ -202,7 +203,7 @@ func TestClient_renews_a_session_refused_with_a_numeric_code(t *testing.T) {
 func TestClient_secret_with_a_plus_gets_a_token(t *testing.T) {
 	const secret = "a+b/c=d%e"
 	e := newEnv(t, simulator.Config{ClientSecret: secret}, func(c *thingspace.Config) { c.ClientSecret = secret })
-	_, err := e.client.Enable(context.Background(), enableRequest())
+	_, err := e.client.ProfileAction(context.Background(), "enable", enableRequest())
 	require.NoError(t, err)
 	assert.EqualValues(t, 1, e.sim.Stats().TokenGrants)
 }

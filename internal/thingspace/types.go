@@ -10,18 +10,8 @@ import (
 	"github.com/esim-pipeline/thingspace-esim/internal/device"
 )
 
-// The profile actions, as the dispatcher and the simulator name them; the
-// action table of package command says everything else of each.
-const (
-	ActionEnable     = string(command.Enable)
-	ActionDisable    = string(command.Disable)
-	ActionDelete     = string(command.Delete)
-	ActionDeactivate = string(command.Deactivate)
-	ActionSuspend    = string(command.Suspend)
-)
-
-// Actions lists the supported profile actions in a stable order.
-var Actions = command.Names()
+// The profile actions are package command's action table: their names,
+// endpoints and bodies.
 
 // ActionPathPrefix is the path every profile action lives under.
 const ActionPathPrefix = "/api/m2m/v1/devices/profile/actions/"
@@ -48,7 +38,7 @@ func ActionForPath(seg string) (string, bool) {
 func IsGlobal(action string) bool { return command.Action(action).Spec().Global }
 
 // MaxDevicesPerRequest is ThingSpace's bulk limit for one request.
-const MaxDevicesPerRequest = 10000
+const MaxDevicesPerRequest = command.MaxDevices
 
 // DeviceID is one identifier of a device as ThingSpace writes it. Kind
 // arrives in any case ("ICCID", "Iccid"); compare with strings.EqualFold or
