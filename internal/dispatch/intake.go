@@ -175,9 +175,10 @@ func (d *dispatcher) readUnacked(ctx context.Context, learn func(seq uint64, dev
 			}
 			n++
 			if cmd, err := d.decode(m.Subject(), m.Data()); err == nil {
-				keys := make([]string, len(cmd.Devices))
-				for i, dv := range cmd.Devices {
-					keys[i] = dv.IDs.Key()
+				keys := make([]string, 0, len(cmd.Devices))
+				for _, dv := range cmd.Devices {
+					l := d.links.lanes(dv.IDs)
+					keys = append(append(keys, l.Key), l.Also...)
 				}
 				learn(meta.Sequence.Stream, keys)
 			}
@@ -244,7 +245,7 @@ func (s *session) take(ctx context.Context, msg *nats.Msg) {
 	h.setDevices(cmd.Devices)
 	devs := make([]order.Device, len(cmd.Devices))
 	for i, dv := range cmd.Devices {
-		devs[i] = order.Device{Key: dv.IDs.Key()}
+		devs[i] = d.links.lanes(dv.IDs)
 	}
 	if meta.NumDelivered > 1 {
 		if err := d.markSettled(ctx, h, meta.Timestamp, devs); err != nil {

@@ -130,7 +130,7 @@ func (s *Service) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	d := &dispatcher{cfg: s.cfg, log: s.log, m: newMetrics(s.reg), js: js, pull: pl, ts: s.ts, limiter: s.limiter, clock: s.clock, batches: &s.batches}
+	d := &dispatcher{cfg: s.cfg, log: s.log, m: newMetrics(s.reg), js: js, pull: pl, ts: s.ts, limiter: s.limiter, clock: s.clock, batches: &s.batches, links: newLinks()}
 	if err := d.setup(ctx); err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -163,6 +163,7 @@ type dispatcher struct {
 	limiter ratelimit.Limiter
 
 	registered registrations
+	links      *links
 	clock      func() time.Time // for the fleet limiter; nil: time.Now
 	batches    *atomic.Int64
 }

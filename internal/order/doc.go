@@ -10,7 +10,10 @@
 //
 //  1. A device of a command is released only when every earlier command
 //     naming that device, here or learned by the takeover read, has its
-//     outcome for it stored or is acknowledged.
+//     outcome for it stored or is acknowledged. A device is named by each
+//     of its lanes: its key and the other identifiers it is known by (the
+//     eUICC's EID beside a profile's ICCID), so commands naming one eUICC
+//     by its EID and by an ICCID on it keep publish order.
 //  2. A released device whose outcome an earlier delivery already stored
 //     is skipped; rule 1 makes "an outcome of this command or of a later
 //     one for this device is stored" the exact test of that.

@@ -40,7 +40,14 @@ type Release struct {
 
 // Device is one device of a command as it arrives.
 type Device struct {
+	// Key names the device within its command: [Release.Device] and
+	// [Book.Settle] use it, and it is one of the device's lanes.
 	Key string
+	// Also are the device's other lanes: other identifiers of the same
+	// device (its EID beside its ICCID, the eUICC an ICCID is known to be
+	// on). A device waits for every earlier command in any of its lanes, so
+	// commands naming one eUICC by different identifiers keep publish order.
+	Also []string
 	// Done says an earlier delivery settled it: the status stream holds an
 	// outcome of this command, or of a later one, for this device and action.
 	Done bool
@@ -66,32 +73,63 @@ const (
 	skipped              // settled as Skip
 )
 
-type entry struct {
+// slot is one device of one command, in each of its lanes.
+type slot struct {
 	seq   uint64
+	dev   string
+	lanes []string // dev first
 	state state
 	done  bool
 }
 
-// lane is one device's commands that are not acknowledged, by sequence.
+func (s *slot) over() bool { return s.state == settled || s.state == skipped }
+
+// lane is the slots of one identifier that are not acknowledged, by
+// sequence (the devices of one command that share an identifier share its
+// sequence).
 type lane struct {
-	entries []entry
+	entries []*slot
 }
 
-func (l *lane) find(seq uint64) (int, bool) {
-	return slices.BinarySearchFunc(l.entries, seq, func(e entry, seq uint64) int {
-		switch {
-		case e.seq < seq:
-			return -1
-		case e.seq > seq:
-			return 1
+// span is where the entries of seq are: [i, j).
+func (l *lane) span(seq uint64) (int, int) {
+	i, _ := slices.BinarySearchFunc(l.entries, seq, func(e *slot, seq uint64) int { return cmpSeq(e.seq, seq) })
+	j := i
+	for j < len(l.entries) && l.entries[j].seq == seq {
+		j++
+	}
+	return i, j
+}
+
+func cmpSeq(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// ready reports whether every entry before s, in each of its lanes, is
+// settled.
+func (b *Book) ready(s *slot) bool {
+	for _, k := range s.lanes {
+		for _, e := range b.lanes[k].entries {
+			if e.seq >= s.seq {
+				break
+			}
+			if !e.over() {
+				return false
+			}
 		}
-		return 0
-	})
+	}
+	return true
 }
 
 type cmd struct {
 	seq       uint64
-	devices   []string
+	slots     []*slot
 	open      int // devices not settled
 	exhausted bool
 	away      bool
@@ -147,24 +185,52 @@ func (b *Book) HeldSeqs() []uint64 {
 }
 
 // Learn records, from a takeover read, that the command at seq was
-// delivered elsewhere and is not known to be acknowledged: the devices'
-// later commands wait for it. A command already known is left alone.
-func (b *Book) Learn(seq uint64, devices []string, now time.Time) {
+// delivered elsewhere and is not known to be acknowledged: the commands
+// after it in any of lanes (the identifiers its devices name) wait for it.
+// A command already known is left alone.
+func (b *Book) Learn(seq uint64, lanes []string, now time.Time) {
 	if _, ok := b.cmds[seq]; ok {
 		return
 	}
-	c := &cmd{seq: seq, devices: devices, away: true, since: now}
+	c := &cmd{seq: seq, away: true, since: now}
 	b.cmds[seq] = c
 	b.away[seq] = c
-	for _, k := range devices {
+	for _, k := range lanes {
+		if slices.ContainsFunc(c.slots, func(s *slot) bool { return s.dev == k }) {
+			continue
+		}
+		sl := &slot{seq: seq, dev: k, lanes: []string{k}, state: away}
+		c.slots = append(c.slots, sl)
+		b.insert(sl)
+	}
+}
+
+// insert puts s into each of its lanes, after the entries of its sequence.
+func (b *Book) insert(s *slot) {
+	for _, k := range s.lanes {
 		l := b.lanes[k]
 		if l == nil {
 			l = &lane{}
 			b.lanes[k] = l
 		}
-		i, found := l.find(seq)
-		if !found {
-			l.entries = slices.Insert(l.entries, i, entry{seq: seq, state: away})
+		_, j := l.span(s.seq)
+		l.entries = slices.Insert(l.entries, j, s)
+	}
+}
+
+// unlink takes s out of its lanes.
+func (b *Book) unlink(s *slot) {
+	for _, k := range s.lanes {
+		l := b.lanes[k]
+		if l == nil {
+			continue
+		}
+		i, j := l.span(s.seq)
+		if at := slices.Index(l.entries[i:j], s); at >= 0 {
+			l.entries = slices.Delete(l.entries, i+at, i+at+1)
+		}
+		if len(l.entries) == 0 {
+			delete(b.lanes, k)
 		}
 	}
 }
@@ -179,24 +245,24 @@ func (b *Book) Arrive(c Command) ([]Release, []uint64) {
 		}
 		b.forget(prev)
 	}
-	n := &cmd{seq: c.Seq, devices: make([]string, len(c.Devices)), open: len(c.Devices), exhausted: c.Exhausted}
+	n := &cmd{seq: c.Seq, slots: make([]*slot, len(c.Devices)), open: len(c.Devices), exhausted: c.Exhausted}
 	b.cmds[c.Seq] = n
 	b.held++
 	b.devices += len(c.Devices)
 	var s step
 	for i, d := range c.Devices {
-		n.devices[i] = d.Key
-		l := b.lanes[d.Key]
-		if l == nil {
-			l = &lane{}
-			b.lanes[d.Key] = l
+		lanes := []string{d.Key}
+		for _, k := range d.Also {
+			if !slices.Contains(lanes, k) {
+				lanes = append(lanes, k)
+			}
 		}
-		i, _ := l.find(c.Seq)
-		l.entries = slices.Insert(l.entries, i, entry{seq: c.Seq, state: waiting, done: d.Done})
+		sl := &slot{seq: c.Seq, dev: d.Key, lanes: lanes, state: waiting, done: d.Done}
+		n.slots[i] = sl
+		b.insert(sl)
+		s.lanes = append(s.lanes, lanes...)
 	}
-	for _, k := range n.devices {
-		b.advance(k, &s)
-	}
+	b.advanceAll(&s)
 	s.check(n)
 	return b.finish(&s)
 }
@@ -209,15 +275,18 @@ func (b *Book) Settle(seq uint64, device string) ([]Release, []uint64) {
 	if !ok || c.away || l == nil {
 		return nil, nil
 	}
-	i, found := l.find(seq)
-	if !found || l.entries[i].state != out {
+	i, j := l.span(seq)
+	at := slices.IndexFunc(l.entries[i:j], func(e *slot) bool { return e.dev == device && e.state == out })
+	if at < 0 {
 		return nil, nil
 	}
-	l.entries[i].state = settled
+	sl := l.entries[i+at]
+	sl.state = settled
 	b.out--
 	c.open--
 	var s step
-	b.advance(device, &s)
+	s.lanes = append(s.lanes, sl.lanes...)
+	b.advanceAll(&s)
 	s.check(c)
 	return b.finish(&s)
 }
@@ -241,11 +310,11 @@ func (b *Book) lift(pick func(*cmd) bool) ([]Release, []uint64) {
 			continue
 		}
 		b.forget(c)
-		s.lanes = append(s.lanes, c.devices...)
+		for _, sl := range c.slots {
+			s.lanes = append(s.lanes, sl.lanes...)
+		}
 	}
-	for _, k := range s.lanes {
-		b.advance(k, &s)
-	}
+	b.advanceAll(&s)
 	return b.finish(&s)
 }
 
@@ -253,17 +322,8 @@ func (b *Book) lift(pick func(*cmd) bool) ([]Release, []uint64) {
 func (b *Book) forget(c *cmd) {
 	delete(b.cmds, c.seq)
 	delete(b.away, c.seq)
-	for _, k := range c.devices {
-		l := b.lanes[k]
-		if l == nil {
-			continue
-		}
-		if i, found := l.find(c.seq); found {
-			l.entries = slices.Delete(l.entries, i, i+1)
-		}
-		if len(l.entries) == 0 {
-			delete(b.lanes, k)
-		}
+	for _, sl := range c.slots {
+		b.unlink(sl)
 	}
 }
 
@@ -281,26 +341,44 @@ func (s *step) check(c *cmd) {
 	}
 }
 
-// advance releases the first waiting entry of device's lane when every
-// entry before it is settled, skipping through entries that an earlier
-// delivery already settled.
+// advanceAll advances every lane of s.lanes, and the lanes that skips
+// there add, until nothing more moves.
+func (b *Book) advanceAll(s *step) {
+	for len(s.lanes) > 0 {
+		k := s.lanes[0]
+		s.lanes = s.lanes[1:]
+		b.advance(k, s)
+	}
+}
+
+// advance releases the waiting entries of device's lane that nothing
+// earlier holds back in any of their lanes, skipping through entries that
+// an earlier delivery already settled.
 func (b *Book) advance(device string, s *step) {
 	l := b.lanes[device]
 	if l == nil {
 		return
 	}
-	for i := range l.entries {
-		e := &l.entries[i]
+	var blocked bool
+	var at uint64 // the sequence of the first entry not over
+	for _, e := range l.entries {
+		if blocked && e.seq > at {
+			return
+		}
 		switch e.state {
 		case settled, skipped:
 			continue
 		case waiting:
+			if !b.ready(e) {
+				break
+			}
 			c := b.cmds[e.seq]
 			if e.done {
 				e.state = skipped
 				c.open--
-				s.released = append(s.released, Release{Seq: e.seq, Device: device, Do: Skip})
+				s.released = append(s.released, Release{Seq: e.seq, Device: e.dev, Do: Skip})
 				s.check(c)
+				s.lanes = append(s.lanes, e.lanes...) // what waited on it elsewhere
 				continue
 			}
 			do := Send
@@ -309,10 +387,10 @@ func (b *Book) advance(device string, s *step) {
 			}
 			e.state = out
 			b.out++
-			s.released = append(s.released, Release{Seq: e.seq, Device: device, Do: do})
-			return
-		default: // out, away
-			return
+			s.released = append(s.released, Release{Seq: e.seq, Device: e.dev, Do: do})
+		}
+		if !blocked {
+			blocked, at = true, e.seq
 		}
 	}
 }
@@ -337,14 +415,8 @@ func (b *Book) finish(s *step) ([]Release, []uint64) {
 func (b *Book) remove(c *cmd) {
 	delete(b.cmds, c.seq)
 	b.held--
-	b.devices -= len(c.devices)
-	for _, k := range c.devices {
-		l := b.lanes[k]
-		if i, found := l.find(c.seq); found {
-			l.entries = slices.Delete(l.entries, i, i+1)
-		}
-		if len(l.entries) == 0 {
-			delete(b.lanes, k)
-		}
+	b.devices -= len(c.slots)
+	for _, sl := range c.slots {
+		b.unlink(sl)
 	}
 }

@@ -47,7 +47,32 @@ type world struct {
 
 type wcmd struct {
 	action  string
-	devices []string
+	devices []string            // each device's key
+	also    map[string][]string // a device's other lanes
+}
+
+// lanes are the identifiers device names in c: its key and its others.
+func (c wcmd) lanes(device string) []string { return append([]string{device}, c.also[device]...) }
+
+// allLanes are the identifiers of every device of c, as a takeover read
+// learns them.
+func (c wcmd) allLanes() []string {
+	var out []string
+	for _, d := range c.devices {
+		out = append(out, c.lanes(d)...)
+	}
+	return out
+}
+
+// universe is what a command may name of a device: profiles P1a and P1b on
+// the eUICC E1, P2a on E2, named with their EID or alone (the link not
+// known), the eUICCs alone, and a device of no eUICC.
+var universe = []struct {
+	key  string
+	also []string
+}{
+	{"P1a", []string{"E1"}}, {"P1a", nil}, {"P1b", []string{"E1"}}, {"P1b", nil}, {"E1", nil},
+	{"P2a", []string{"E2"}}, {"E2", nil}, {"d5", nil},
 }
 
 func newWorld(t *rapid.T) *world {
@@ -61,8 +86,13 @@ func newWorld(t *rapid.T) *world {
 }
 
 func (w *world) publish() {
-	devs := rapid.SliceOfNDistinct(rapid.SampledFrom([]string{"d1", "d2", "d3", "d4", "d5"}), 0, 3, rapid.ID[string]).Draw(w.t, "devices")
-	w.cmds = append(w.cmds, wcmd{action: rapid.SampledFrom([]string{"enable", "disable"}).Draw(w.t, "action"), devices: devs})
+	picks := rapid.SliceOfNDistinct(rapid.IntRange(0, len(universe)-1), 0, 3, func(i int) string { return universe[i].key }).Draw(w.t, "devices")
+	c := wcmd{action: rapid.SampledFrom([]string{"enable", "disable"}).Draw(w.t, "action"), also: map[string][]string{}}
+	for _, i := range picks {
+		c.devices = append(c.devices, universe[i].key)
+		c.also[universe[i].key] = universe[i].also
+	}
+	w.cmds = append(w.cmds, c)
 	w.t.Logf("publish %d %v", len(w.cmds), w.cmds[len(w.cmds)-1])
 	w.acked = append(w.acked, false)
 	w.deliveries = append(w.deliveries, 0)
@@ -101,7 +131,7 @@ func (w *world) deliver(redelivery bool) bool {
 		// delivered message, acked or not.
 		w.fresh = false
 		for s := w.floor() + 1; s <= w.delivered; s++ {
-			w.book.Learn(s, w.cmd(s).devices, w.now)
+			w.book.Learn(s, w.cmd(s).allLanes(), w.now)
 		}
 	}
 	w.deliveries[seq-1]++
@@ -112,7 +142,7 @@ func (w *world) deliver(redelivery bool) bool {
 		// What the dispatcher reads: the status stream holds an outcome of
 		// this command or a later one for the device and action.
 		done := w.deliveries[seq-1] > 1 && slices.ContainsFunc(w.outcomes[[2]string{c.action, d}], func(s uint64) bool { return s >= seq })
-		in.Devices = append(in.Devices, order.Device{Key: d, Done: done})
+		in.Devices = append(in.Devices, order.Device{Key: d, Also: c.also[d], Done: done})
 	}
 	w.t.Logf("deliver %d (delivery %d) %+v", seq, w.deliveries[seq-1], in.Devices)
 	w.apply(w.book.Arrive(in))
@@ -145,7 +175,9 @@ func (w *world) call(i int) {
 	r := w.released[i]
 	w.released = slices.Delete(w.released, i, i+1)
 	if r.Do == order.Send {
-		w.sent[r.Device] = append(w.sent[r.Device], r.Seq)
+		for _, l := range w.cmd(r.Seq).lanes(r.Device) {
+			w.sent[l] = append(w.sent[l], r.Seq)
+		}
 	}
 	w.t.Logf("call %v", r)
 	w.called = append(w.called, r)
@@ -201,14 +233,15 @@ func (w *world) settleAll() {
 }
 
 // check: every device of every command was sent, skipped after an earlier
-// send, or failed; for every device, the commands ThingSpace saw first, and
-// the ones it saw last, are each in publish order.
+// send, or failed; for every identifier (a device's key, the eUICC it is
+// named with), the commands ThingSpace saw first, and the ones it saw last,
+// are each in publish order.
 func (w *world) check() {
 	for i, c := range w.cmds {
 		seq := uint64(i + 1)
 		for _, d := range c.devices {
 			k := [2]string{fmt.Sprint(seq), d}
-			require.True(w.t, slices.Contains(w.sent[d], seq) || w.failed[k],
+			require.True(w.t, slices.Contains(w.sent[d], seq) || w.failed[k], // d is a lane of its own
 				"command %d device %s neither reached ThingSpace nor failed (skipped %v)", seq, d, w.skipped[k])
 		}
 	}
@@ -221,6 +254,7 @@ func (w *world) check() {
 			last = slices.DeleteFunc(last, func(x uint64) bool { return x == s })
 			last = append(last, s)
 		}
+		first, last = slices.Compact(first), slices.Compact(last) // one command's profiles of one eUICC
 		require.True(w.t, slices.IsSorted(first), "device %s: first sends %v out of publish order (all: %v)", d, first, seqs)
 		require.True(w.t, slices.IsSorted(last), "device %s: last sends %v out of publish order (all: %v)", d, last, seqs)
 	}
@@ -325,4 +359,22 @@ func TestACommandWithNoValidDeviceIsAcknowledgedAtOnce(t *testing.T) {
 	require.Equal(t, []uint64{3}, acks)
 	_, acks = b.Arrive(order.Command{Seq: 3})
 	require.Equal(t, []uint64{3}, acks, "a second delivery (an ack lost) is acknowledged again")
+}
+
+// A device_suspend of an eUICC and a resume of one of its profiles name one
+// device: where the profile is known to be on it, the later waits.
+func TestCommandsNamingOneEUICCByDifferentIdentifiersKeepOrder(t *testing.T) {
+	b := order.New()
+	rel, _ := b.Arrive(order.Command{Seq: 1, Devices: []order.Device{{Key: "E1"}}}) // device_suspend
+	require.Equal(t, []order.Release{{Seq: 1, Device: "E1", Do: order.Send}}, rel)
+	rel, _ = b.Arrive(order.Command{Seq: 2, Devices: []order.Device{{Key: "P1", Also: []string{"E1"}}}}) // resume, linked
+	require.Empty(t, rel, "the resume waits for the eUICC's suspend")
+	rel, _ = b.Arrive(order.Command{Seq: 3, Devices: []order.Device{{Key: "P2"}}}) // resume, link unknown
+	require.Equal(t, []order.Release{{Seq: 3, Device: "P2", Do: order.Send}}, rel, "no known link, no wait")
+	rel, _ = b.Settle(1, "E1")
+	require.Equal(t, []order.Release{{Seq: 2, Device: "P1", Do: order.Send}}, rel)
+
+	// The profiles of one eUICC in one command do not wait for each other.
+	rel, _ = b.Arrive(order.Command{Seq: 4, Devices: []order.Device{{Key: "P3", Also: []string{"E2"}}, {Key: "P4", Also: []string{"E2"}}}})
+	require.Len(t, rel, 2)
 }

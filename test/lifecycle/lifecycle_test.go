@@ -256,3 +256,31 @@ func TestAMissingDeviceLevelFinalIsReconciled(t *testing.T) {
 	assert.Equal(t, evs[0].RequestID, evs[1].RequestID)
 	assert.Nil(t, evs[1].Profile, "made from the request status, not a callback")
 }
+
+// A device_suspend of an eUICC and a resume of one of its profiles name the
+// same device: once a command has named both (here an enable), the resume
+// waits for the device_suspend published before it, even when its own call
+// would go first (a resume batch of one device is full at once, the
+// device_suspend's waits BATCH_MAX_WAIT).
+func TestOrderIsKeptAcrossTheEIDAndTheICCIDOfOneEUICC(t *testing.T) {
+	s := pipelinetest.Start(t, pipelinetest.WithDispatcher(func(c *dispatch.Config) {
+		c.BatchMaxWait = 300 * time.Millisecond
+		c.BatchMaxDevicesPerAction = map[string]int{string(command.Resume): 1}
+	}))
+	e, ic := eid(50), iccid(50)
+	s.Publish(command.Enable, `{"accountName":"`+account+`","smsrOid":"`+smsrOid+`","devices":[`+ids("eid", e, "iccid", ic)+`]}`)
+	s.Until(subject(command.Enable, ic), pipelinetest.FinalOf(ic), within)
+
+	s.Publish(command.DeviceSuspend, `{"commandId":"x-1","accountName":"`+account+`","devices":[`+ids("eid", e)+`]}`)
+	s.Publish(command.Resume, `{"commandId":"x-2","accountName":"`+account+`","devices":[`+ids("iccid", ic)+`]}`)
+	s.Until(subject(command.Resume, ic), pipelinetest.FinalOf(ic), within)
+	s.Until(subject(command.DeviceSuspend, e), pipelinetest.FinalOf(e), within)
+
+	var order []string
+	for _, c := range s.Sim.Calls() {
+		if c.Status == 200 && c.Action != "" {
+			order = append(order, c.Action)
+		}
+	}
+	require.Equal(t, []string{"enable", "device_suspend", "resume"}, order)
+}
