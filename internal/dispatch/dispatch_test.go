@@ -134,8 +134,9 @@ func TestOneInvalidDeviceIsRejectedAlone(t *testing.T) {
 	e := newEnv(t, simulator.Faults{})
 	e.watch()
 	e.start(e.config(nil))
-	body := enableBody("three", 1, 2, 3)
-	body.Devices[1].DeviceIDs[1].ID = "89148000000ABC84259"
+	devs := devicesOf(1, 2, 3)
+	devs[1].ICCID = "89148000000ABC84259"
+	body := enableSmsrBody("three", testSmsr, devs)
 	e.publish("enable", body, "")
 	e.waitCount(status.Accepted, 2, 10*time.Second)
 	e.waitCount(status.Rejected, 1, 10*time.Second)

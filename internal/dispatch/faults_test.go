@@ -145,10 +145,8 @@ func TestACommandWhoseCallFailsDoesNotComeBackBehindALaterOne(t *testing.T) {
 		}
 		return false
 	})
-	first := enableBody("first", 1, 2)
-	first.SmsrOid = "1.1"
-	later := enableBody("later", 2)
-	later.SmsrOid = "2.2"
+	first := enableSmsrBody("first", "1.1", devicesOf(1, 2))
+	later := enableSmsrBody("later", "2.2", devicesOf(2))
 	e.publish("enable", first, "")
 	e.publish("enable", later, "")
 	e.start(e.config(func(c *dispatch.Config) {

@@ -20,7 +20,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/esim-pipeline/thingspace-esim/internal/broker"
+	"github.com/esim-pipeline/thingspace-esim/internal/command"
 	"github.com/esim-pipeline/thingspace-esim/internal/config"
+	"github.com/esim-pipeline/thingspace-esim/internal/device"
 	"github.com/esim-pipeline/thingspace-esim/internal/dispatch"
 	"github.com/esim-pipeline/thingspace-esim/internal/natstest"
 	"github.com/esim-pipeline/thingspace-esim/internal/simulator"
@@ -223,27 +225,25 @@ func (e *env) unacked() int {
 func iccid(n int) string { return fmt.Sprintf("8914800000%010d", n) }
 func eid(n int) string   { return fmt.Sprintf("8904903200%022d", n) }
 
-type devID struct {
-	Kind string `json:"kind"`
-	ID   string `json:"id"`
+const testSmsr = "1.3.6.1.4.1.31746.1.500.200.101.5"
+
+// devicesOf are the devices numbered ns, with their EIDs and ICCIDs.
+func devicesOf(ns ...int) []device.Set {
+	out := make([]device.Set, len(ns))
+	for i, n := range ns {
+		out[i] = device.Set{EID: eid(n), ICCID: iccid(n)}
+	}
+	return out
 }
 
-type cmdBody struct {
-	CommandID   string `json:"commandId,omitempty"`
-	AccountName string `json:"accountName"`
-	SmsrOid     string `json:"smsrOid,omitempty"`
-	Devices     []struct {
-		DeviceIDs []devID `json:"deviceIds"`
-	} `json:"devices"`
-}
-
-// enableBody is an enable/disable/delete command for devices numbered ns.
-func enableBody(id string, ns ...int) cmdBody {
-	b := cmdBody{CommandID: id, AccountName: "0000123456-00001", SmsrOid: "1.3.6.1.4.1.31746.1.500.200.101.5"}
-	for _, n := range ns {
-		b.Devices = append(b.Devices, struct {
-			DeviceIDs []devID `json:"deviceIds"`
-		}{DeviceIDs: []devID{{"eid", eid(n)}, {"iccid", iccid(n)}}})
+// enableSmsrBody is an enable/disable/delete command of smsrOid smsr.
+func enableSmsrBody(id, smsr string, devs []device.Set) []byte {
+	b, err := command.Encode(command.Enable, id, "0000123456-00001", command.Options{SmsrOid: smsr}, devs)
+	if err != nil {
+		panic(err)
 	}
 	return b
 }
+
+// enableBody is an enable/disable/delete command for devices numbered ns.
+func enableBody(id string, ns ...int) []byte { return enableSmsrBody(id, testSmsr, devicesOf(ns...)) }

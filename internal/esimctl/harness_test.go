@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/csv"
 	"fmt"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,15 +14,12 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
 
 	"github.com/esim-pipeline/thingspace-esim/internal/broker"
-	"github.com/esim-pipeline/thingspace-esim/internal/callback"
-	"github.com/esim-pipeline/thingspace-esim/internal/config"
-	"github.com/esim-pipeline/thingspace-esim/internal/dispatch"
 	"github.com/esim-pipeline/thingspace-esim/internal/esimctl"
 	"github.com/esim-pipeline/thingspace-esim/internal/natstest"
+	"github.com/esim-pipeline/thingspace-esim/internal/pipelinetest"
 	"github.com/esim-pipeline/thingspace-esim/internal/simulator"
 	"github.com/esim-pipeline/thingspace-esim/internal/testkit"
 )
@@ -33,9 +29,8 @@ const (
 	smsrOid = "1.3.6.1.4.1.31746.1.500.200.101.5"
 )
 
-// stack is the whole pipeline in-process: embedded NATS, the simulator over
-// real HTTP, the real callback-ingest and the real dispatcher, the
-// dispatcher's callback URL registered at the ingest.
+// stack is the whole pipeline in-process (pipelinetest), and esimctl run
+// against it as main would run it.
 type stack struct {
 	t   *testing.T
 	ns  *natstest.Server
@@ -45,78 +40,15 @@ type stack struct {
 	dir string
 }
 
+func wrap(t *testing.T, p *pipelinetest.Stack) *stack {
+	return &stack{t: t, ns: p.NATS, nc: p.NC, js: p.JS, sim: p.Sim, dir: t.TempDir()}
+}
+
 // natsOnly is embedded NATS with the pipeline's streams and no services:
 // enough to see that nothing gets published.
-func natsOnly(t *testing.T) *stack {
-	t.Helper()
-	ns := natstest.Run(t)
-	nc, js := ns.JetStream()
-	require.NoError(t, broker.Ensure(context.Background(), js, broker.StreamSettings{}))
-	return &stack{t: t, ns: ns, nc: nc, js: js, dir: t.TempDir()}
-}
+func natsOnly(t *testing.T) *stack { return wrap(t, pipelinetest.Start(t, pipelinetest.NATSOnly())) }
 
-func newStack(t *testing.T) *stack {
-	t.Helper()
-	s := natsOnly(t)
-	sim, err := simulator.New(simulator.Config{Faults: simulator.Faults{RatePerMinute: -1}, Seed: 7, Logger: zerolog.Nop()})
-	require.NoError(t, err)
-	sim.Start()
-	hs := httptest.NewServer(sim.Handler())
-	t.Cleanup(func() { hs.Close(); sim.Close() })
-	s.sim = sim
-
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	t.Cleanup(func() { cancel(); wg.Wait() })
-
-	ready := make(chan callback.Addrs, 1)
-	ingestDone := make(chan error, 1)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		ingestDone <- callback.Run(ctx, callback.Config{
-			NATS: config.NATS{URL: s.ns.URL()}, ListenAddr: "127.0.0.1:0", MetricsAddr: "127.0.0.1:0",
-			CorrelationGrace: 30 * time.Second, RetryDelay: 50 * time.Millisecond, Workers: 8,
-			StoreTimeout: 5 * time.Second, ShutdownGrace: 5 * time.Second,
-		}, log, callback.OnReady(func(a callback.Addrs) { ready <- a }))
-	}()
-	var addrs callback.Addrs
-	select {
-	case addrs = <-ready:
-	case err := <-ingestDone:
-		t.Fatalf("callback-ingest stopped at start: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("callback-ingest not ready within 30s")
-	}
-
-	started := make(chan struct{})
-	svc, err := dispatch.New(dispatch.Config{
-		NATS:         config.NATS{URL: s.ns.URL()},
-		BaseURL:      hs.URL,
-		ClientID:     simulator.DemoClientID,
-		ClientSecret: config.NewSecret(simulator.DemoClientSecret),
-		Username:     simulator.DemoUsername,
-		Password:     config.NewSecret(simulator.DemoPassword),
-		Rate:         0, // unlimited
-		BatchMaxWait: 50 * time.Millisecond,
-		MetricsAddr:  "127.0.0.1:0",
-		AckWait:      10 * time.Second,
-		CallbackURL:  "http://" + addrs.Callback + "/callbacks",
-	}, log, dispatch.WithStarted(func(string) { close(started) }))
-	require.NoError(t, err)
-	dispDone := make(chan error, 1)
-	wg.Add(1)
-	go func() { defer wg.Done(); dispDone <- svc.Run(ctx) }()
-	select {
-	case <-started:
-	case err := <-dispDone:
-		t.Fatalf("dispatcher stopped at start: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("dispatcher not ready within 30s")
-	}
-	return s
-}
+func newStack(t *testing.T) *stack { return wrap(t, pipelinetest.Start(t)) }
 
 // result is one esimctl invocation.
 type result struct {

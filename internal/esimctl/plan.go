@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/csv"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -256,7 +255,7 @@ func (s Spec) Check() error {
 	for _, k := range s.Action.Kinds() {
 		probe = probe.With(k, "0")
 	}
-	b, err := json.Marshal(s.body("probe", []device.Set{probe}))
+	b, err := s.body("probe", []device.Set{probe})
 	if err != nil {
 		return err
 	}
@@ -364,7 +363,7 @@ func (p *Plan) CommandID(n int) string { return fmt.Sprintf("%s%04d", CommandPre
 
 // Body is the command body of chunk n.
 func (p *Plan) Body(n int) ([]byte, error) {
-	return json.Marshal(p.Spec.body(p.CommandID(n), p.chunk(n)))
+	return p.Spec.body(p.CommandID(n), p.chunk(n))
 }
 
 // device returns the index of the device an event names, by its key.
@@ -373,37 +372,7 @@ func (p *Plan) device(key string) (int, bool) {
 	return i, ok
 }
 
-type wireID struct {
-	Kind string `json:"kind"`
-	ID   string `json:"id"`
-}
-
-type wireDevice struct {
-	DeviceIDs []wireID `json:"deviceIds"`
-}
-
-type wireCommand struct {
-	Devices     []wireDevice `json:"devices"`
-	AccountName string       `json:"accountName"`
-	SmsrOid     string       `json:"smsrOid,omitempty"`
-	ServicePlan string       `json:"servicePlan,omitempty"`
-	EtfWaiver   *bool        `json:"etfWaiver,omitempty"`
-	ReasonCode  string       `json:"reasonCode,omitempty"`
-	CommandID   string       `json:"commandId"`
-}
-
-func (s Spec) body(commandID string, devices []device.Set) wireCommand {
-	c := wireCommand{
-		AccountName: s.AccountName, SmsrOid: s.Options.SmsrOid, ServicePlan: s.Options.ServicePlan,
-		EtfWaiver: s.Options.EtfWaiver, ReasonCode: s.Options.ReasonCode, CommandID: commandID,
-		Devices: make([]wireDevice, len(devices)),
-	}
-	for i, d := range devices {
-		for _, k := range s.Action.Kinds() {
-			if v := d.Get(k); v != "" {
-				c.Devices[i].DeviceIDs = append(c.Devices[i].DeviceIDs, wireID{Kind: string(k), ID: v})
-			}
-		}
-	}
-	return c
+// body is the command body of one chunk of devices.
+func (s Spec) body(commandID string, devices []device.Set) ([]byte, error) {
+	return command.Encode(s.Action, commandID, s.AccountName, s.Options, devices)
 }

@@ -27,6 +27,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/esim-pipeline/thingspace-esim/internal/broker"
+	"github.com/esim-pipeline/thingspace-esim/internal/command"
+	"github.com/esim-pipeline/thingspace-esim/internal/device"
 	"github.com/esim-pipeline/thingspace-esim/internal/simulator"
 	"github.com/esim-pipeline/thingspace-esim/internal/status"
 )
@@ -408,8 +410,12 @@ func eid(prefix, i int) string   { return fmt.Sprintf("8904903200000000000%03d%0
 
 // enableCommand is a one-device enable command.
 func enableCommand(id, acct string, prefix, i int) []byte {
-	return []byte(fmt.Sprintf(`{"commandId":%q,"accountName":%q,"smsrOid":%q,"devices":[{"deviceIds":[{"kind":"eid","id":%q},{"kind":"iccid","id":%q}]}]}`,
-		id, acct, smsrOid, eid(prefix, i), iccid(prefix, i)))
+	b, err := command.Encode(command.Enable, id, acct, command.Options{SmsrOid: smsrOid},
+		[]device.Set{{EID: eid(prefix, i), ICCID: iccid(prefix, i)}})
+	if err != nil {
+		panic(err)
+	}
+	return b
 }
 
 // publishCommands publishes n one-device enable commands and waits until
