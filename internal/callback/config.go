@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/esim-pipeline/thingspace-esim/internal/config"
+	"github.com/esim-pipeline/thingspace-esim/internal/statuspub"
 )
 
 // Config is everything callback-ingest reads at start. Build it with
@@ -83,6 +84,11 @@ type Config struct {
 	// to store it before the answer is 503, and the limit of each publish of
 	// the fan-out (default 5s).
 	StoreTimeout time.Duration
+	// StatusBatchMax is STATUS_BATCH_MAX: the most status events stored in
+	// one atomic batch, from every fan-out worker at once (0, the default:
+	// each alone). With sync_interval: always a batch costs one fsync
+	// instead of one per event (BENCHMARKS.md, lesson 15).
+	StatusBatchMax int
 	// ShutdownGrace is SHUTDOWN_GRACE: how long each stage of a graceful stop
 	// (HTTP requests in flight, fan-out handlers in flight) may take
 	// (default 20s).
@@ -127,6 +133,7 @@ func (c *Config) Declare(s *config.Set) {
 	s.Int(&c.StoreWorkers, "store-workers", "STORE_WORKERS", DefaultStoreWorkers, "stores to the callback stream under way at once")
 	s.Int(&c.GroupCommit, "group-commit-max", "GROUP_COMMIT_MAX", DefaultGroupCommit, "most callbacks stored together in one message when many wait (1: each alone)")
 	s.Duration(&c.StoreTimeout, "store-timeout", "STORE_TIMEOUT", DefaultStoreTimeout, "how long a store in JetStream may take before a callback is answered 503")
+	s.Int(&c.StatusBatchMax, "status-batch-max", "STATUS_BATCH_MAX", 0, "status events stored in one atomic batch, 100 to the server's limit (1000): with sync_interval: always (0: each alone)")
 	s.Duration(&c.ShutdownGrace, "shutdown-grace", "SHUTDOWN_GRACE", DefaultShutdownGrace, "limit of each stage of a graceful stop")
 }
 
@@ -219,6 +226,9 @@ func (c Config) Validate() error {
 	}
 	if c.GroupCommit < 1 || c.GroupCommit > 1024 {
 		errs = append(errs, fmt.Errorf("GROUP_COMMIT_MAX: %d is out of range 1..1024", c.GroupCommit))
+	}
+	if c.StatusBatchMax < 0 || (c.StatusBatchMax > 0 && c.StatusBatchMax < statuspub.MinBatch) {
+		errs = append(errs, fmt.Errorf("STATUS_BATCH_MAX: %d is neither 0 nor at least %d", c.StatusBatchMax, statuspub.MinBatch))
 	}
 	if c.RecordCache < 1 {
 		errs = append(errs, fmt.Errorf("RECORD_CACHE: %d must be at least 1", c.RecordCache))

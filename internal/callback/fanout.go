@@ -18,6 +18,7 @@ import (
 	"github.com/esim-pipeline/thingspace-esim/internal/correlation"
 	"github.com/esim-pipeline/thingspace-esim/internal/observability"
 	"github.com/esim-pipeline/thingspace-esim/internal/status"
+	"github.com/esim-pipeline/thingspace-esim/internal/statuspub"
 )
 
 // errRetry marks a callback whose event cannot be made yet; the message is
@@ -48,7 +49,8 @@ func isPermanent(err error) bool { return !errors.Is(err, errRetry) }
 // fanout turns one stored callback into one status event.
 type fanout struct {
 	js      jetstream.JetStream
-	status  jetstream.Stream // the status stream, for last-event reads
+	pub     *statuspub.Publisher // final events
+	status  jetstream.Stream     // the status stream, for last-event reads
 	records *records
 	handoff *handoff // what the intake parsed, by batch id; nil: parse everything
 	grace   time.Duration
@@ -88,34 +90,31 @@ func (f *fanout) handle(msg *message.Message) error {
 // eventSizeHint is about the size of one encoded status event.
 const eventSizeHint = 1024
 
-// pending publishes of one message's final events.
-type inflight struct {
-	futures  []jetstream.PubAckFuture
+// finals are one message's final events, stored together.
+type finals struct {
+	msgs     []*nats.Msg
 	received []time.Time
 	statuses []status.Status
 	arena    []byte // the events' bodies, one after the other
 }
 
-// await waits for every publish; the first failure asks for a redelivery
-// (the events already stored are found by their eventId next time).
-func (f *fanout) await(ctx context.Context, in *inflight) error {
+// store stores them all; the first failure asks for a redelivery (the
+// events already stored are found by their eventId next time).
+func (f *fanout) store(ctx context.Context, in *finals) error {
 	var failed error
-	for i, fut := range in.futures {
-		select {
-		case ack := <-fut.Ok():
-			if ack.Duplicate {
-				f.m.duplicates.Inc()
-			} else {
-				f.m.events.WithLabelValues(string(in.statuses[i])).Inc()
-			}
-			f.m.lag.Observe(f.now().Sub(in.received[i]).Seconds())
-		case err := <-fut.Err():
+	for i, a := range f.pub.Store(ctx, in.msgs) {
+		switch {
+		case a.Err != nil:
 			if failed == nil {
-				failed = retry("nats", fmt.Errorf("store event on %s: %w", fut.Msg().Subject, err))
+				failed = retry("nats", fmt.Errorf("store event on %s: %w", in.msgs[i].Subject, a.Err))
 			}
-		case <-ctx.Done():
-			return retry("nats", ctx.Err())
+			continue
+		case a.Duplicate:
+			f.m.duplicates.Inc()
+		default:
+			f.m.events.WithLabelValues(string(in.statuses[i])).Inc()
 		}
+		f.m.lag.Observe(f.now().Sub(in.received[i]).Seconds())
 	}
 	return failed
 }
@@ -124,12 +123,13 @@ func (f *fanout) await(ctx context.Context, in *inflight) error {
 // In a group-committed message, a callback that cannot be parsed goes to
 // the dead letters alone; one that must wait (its record, NATS) makes the
 // whole message come back, and the callbacks already done then find their
-// events stored. Final events go out together and are awaited together:
-// one round trip for the message, not one per callback.
+// events stored. Final events are stored together, with those of the other
+// workers (package statuspub): one round trip for the message, not one per
+// callback.
 func (f *fanout) handleItems(msg *message.Message, items []rawCallback, parsed []*parsedCallback, grouped bool) error {
 	var wait error
-	in := &inflight{
-		futures:  make([]jetstream.PubAckFuture, 0, len(items)),
+	in := &finals{
+		msgs:     make([]*nats.Msg, 0, len(items)),
 		received: make([]time.Time, 0, len(items)),
 		statuses: make([]status.Status, 0, len(items)),
 		arena:    make([]byte, 0, len(items)*eventSizeHint),
@@ -164,12 +164,12 @@ func (f *fanout) handleItems(msg *message.Message, items []rawCallback, parsed [
 			wait = err
 		}
 	}
-	if len(in.futures) == 0 {
+	if len(in.msgs) == 0 {
 		return wait
 	}
 	actx, acancel := context.WithTimeout(msg.Context(), f.timeout)
 	defer acancel()
-	if err := f.await(actx, in); err != nil && wait == nil {
+	if err := f.store(actx, in); err != nil && wait == nil {
 		wait = err
 	}
 	return wait
@@ -180,9 +180,9 @@ func (f *fanout) handleItems(msg *message.Message, items []rawCallback, parsed [
 const unpublishedWaits = 3
 
 // handleOne turns one stored callback into its event; pc is what the
-// intake parsed of it, nil when it must be parsed here. A final event's
-// publish joins in; any other is stored before handleOne returns.
-func (f *fanout) handleOne(ctx context.Context, msg *message.Message, it rawCallback, pc *parsedCallback, in *inflight) error {
+// intake parsed of it, nil when it must be parsed here. A final event
+// joins in's; any other is stored before handleOne returns.
+func (f *fanout) handleOne(ctx context.Context, msg *message.Message, it rawCallback, pc *parsedCallback, in *finals) error {
 	if pc == nil {
 		f.m.reparsed.Inc()
 		cb, err := parseCallback(it.Body)
@@ -227,15 +227,7 @@ func (f *fanout) handleOne(ctx context.Context, msg *message.Message, it rawCall
 	if ev.Final {
 		start := len(in.arena)
 		in.arena = ev.AppendJSON(in.arena)
-		m := &nats.Msg{Subject: ev.Subject(), Data: in.arena[start:len(in.arena):len(in.arena)], Header: nats.Header{nats.MsgIdHdr: []string{ev.EventID}}}
-		// At nats.go's cap of async publishes in flight, wait for a slot as
-		// long as an ack may take, not its default 200 ms: a publish that
-		// fails here sends the whole stored message back for redelivery.
-		fut, err := f.js.PublishMsgAsync(m, jetstream.WithStallWait(f.timeout))
-		if err != nil {
-			return retry("nats", fmt.Errorf("store event on %s: %w", m.Subject, err))
-		}
-		in.futures = append(in.futures, fut)
+		in.msgs = append(in.msgs, statuspub.Message(ev.Subject(), ev.EventID, in.arena[start:len(in.arena):len(in.arena)]))
 		in.received = append(in.received, pc.receivedAt)
 		in.statuses = append(in.statuses, ev.Status)
 		return nil

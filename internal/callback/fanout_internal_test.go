@@ -17,6 +17,7 @@ import (
 	"github.com/esim-pipeline/thingspace-esim/internal/correlation"
 	"github.com/esim-pipeline/thingspace-esim/internal/device"
 	"github.com/esim-pipeline/thingspace-esim/internal/natstest"
+	"github.com/esim-pipeline/thingspace-esim/internal/statuspub"
 )
 
 type recordMap map[string]*correlation.Record
@@ -54,7 +55,9 @@ func TestFanoutWaitsForASlotWhenAcksAreSlow(t *testing.T) {
 		items = append(items, rawCallback{Body: []byte(body), ReceivedAt: formatReceived(received)})
 		want = append(want, "thingspace.profile.status.enable."+iccid)
 	}
-	f := &fanout{js: js, records: newRecords(recordMap{rec.RequestID: rec}, 16, time.Minute), grace: time.Minute,
+	pub := statuspub.New(js, statuspub.Config{Timeout: 5 * time.Second})
+	defer pub.Close()
+	f := &fanout{js: js, pub: pub, records: newRecords(recordMap{rec.RequestID: rec}, 16, time.Minute), grace: time.Minute,
 		timeout: 5 * time.Second, now: time.Now, m: newMetrics(prometheus.NewRegistry()), log: zerolog.Nop()}
 
 	msg := message.NewMessage("stored-1", nil)

@@ -32,6 +32,7 @@ type metrics struct {
 	tlsReloads    *prometheus.CounterVec // certificate pairs loaded after the start, by result
 	indexWrites   prometheus.Counter     // EID index keys stored
 	indexErrors   prometheus.Counter     // EID index writes that failed (the event comes back)
+	eventBatches  *prometheus.CounterVec // atomic batches of status events, by result
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -109,7 +110,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Name: "esim_ingest_eid_index_errors_total",
 		Help: "EID index writes that failed or timed out; their status events are delivered again.",
 	})
-	reg.MustRegister(m.tlsReloads, m.indexWrites, m.indexErrors)
+	m.eventBatches = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "esim_ingest_event_batches_total",
+		Help: "Atomic batches of status events (STATUS_BATCH_MAX), by result (committed, refused_<JetStream error code>: its events then went one by one).",
+	}, []string{"result"})
+	reg.MustRegister(m.tlsReloads, m.indexWrites, m.indexErrors, m.eventBatches)
 	for _, r := range []string{"ok", "error"} {
 		m.tlsReloads.WithLabelValues(r)
 	}

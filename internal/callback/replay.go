@@ -15,6 +15,7 @@ import (
 	"github.com/esim-pipeline/thingspace-esim/internal/broker"
 	"github.com/esim-pipeline/thingspace-esim/internal/correlation"
 	"github.com/esim-pipeline/thingspace-esim/internal/status"
+	"github.com/esim-pipeline/thingspace-esim/internal/statuspub"
 )
 
 // ReplayOptions choose the stored callbacks a replay re-runs.
@@ -84,8 +85,11 @@ func replayCallbacks(ctx context.Context, js jetstream.JetStream, opts ReplayOpt
 	if err != nil {
 		return st, err
 	}
+	pub := statuspub.New(js, statuspub.Config{Timeout: 10 * time.Second})
+	defer pub.Close()
 	f := &fanout{
 		js:      js,
+		pub:     pub,
 		status:  statusStream,
 		records: newRecords(store, 1024, time.Second),
 		timeout: 10 * time.Second,

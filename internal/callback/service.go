@@ -21,6 +21,7 @@ import (
 	"github.com/esim-pipeline/thingspace-esim/internal/broker"
 	"github.com/esim-pipeline/thingspace-esim/internal/correlation"
 	"github.com/esim-pipeline/thingspace-esim/internal/observability"
+	"github.com/esim-pipeline/thingspace-esim/internal/statuspub"
 )
 
 // Addrs are the bound addresses of the two listeners.
@@ -103,8 +104,9 @@ type service struct {
 
 	indexConsumer atomic.Pointer[jetstream.Consumer]
 	deadLetters   atomic.Pointer[jetstream.Stream]
-	index         *indexer   // set by start
-	indexConn     *nats.Conn // set by start
+	index         *indexer             // set by start
+	indexConn     *nats.Conn           // set by start
+	pub           *statuspub.Publisher // set by start: the fan-out's events
 }
 
 func (s *service) ready() error {
@@ -270,6 +272,7 @@ func (s *service) run(ctx context.Context, reg *prometheus.Registry, onReady fun
 		log.Warn().Err(err).Msg("fan-out router close")
 	}
 	<-routerDone
+	s.pub.Close()
 	// The EID index stops between two events; what it has not acknowledged
 	// comes back to the next ingest.
 	stopIndex()
@@ -301,6 +304,9 @@ func (s *service) start(ctx context.Context) (nc, fanConn *nats.Conn, router *me
 		}
 		if s.indexConn != nil {
 			s.indexConn.Close()
+		}
+		if s.pub != nil {
+			s.pub.Close()
 		}
 		return nil, nil, nil, nil, e
 	}
@@ -417,8 +423,11 @@ func (s *service) start(ctx context.Context) (nc, fanConn *nats.Conn, router *me
 	if err != nil {
 		return fail(err)
 	}
+	s.pub = statuspub.New(fanJS, statuspub.Config{BatchMax: s.cfg.StatusBatchMax, Timeout: s.cfg.StoreTimeout,
+		Batches: func(result string) { s.m.eventBatches.WithLabelValues(result).Inc() }})
 	f := &fanout{
 		js:      fanJS,
+		pub:     s.pub,
 		status:  statusStream,
 		records: newRecords(store, s.cfg.RecordCache, missTTL(s.cfg)),
 		handoff: s.handoff,

@@ -10,6 +10,7 @@ import (
 	"github.com/esim-pipeline/thingspace-esim/internal/batch"
 	"github.com/esim-pipeline/thingspace-esim/internal/command"
 	"github.com/esim-pipeline/thingspace-esim/internal/config"
+	"github.com/esim-pipeline/thingspace-esim/internal/statuspub"
 )
 
 // Config is everything the dispatcher reads at start.
@@ -245,8 +246,8 @@ func (c *Config) Validate() error {
 	if err := c.batchConfig().Validate(); err != nil {
 		errs = append(errs, err)
 	}
-	if c.StatusBatchMax < 0 || (c.StatusBatchMax > 0 && c.StatusBatchMax < minAtomicBatch) {
-		errs = append(errs, fmt.Errorf("STATUS_BATCH_MAX: %d is neither 0 nor at least %d", c.StatusBatchMax, minAtomicBatch))
+	if c.StatusBatchMax < 0 || (c.StatusBatchMax > 0 && c.StatusBatchMax < statuspub.MinBatch) {
+		errs = append(errs, fmt.Errorf("STATUS_BATCH_MAX: %d is neither 0 nor at least %d", c.StatusBatchMax, statuspub.MinBatch))
 	}
 	if c.AckWait < 3*time.Second {
 		errs = append(errs, fmt.Errorf("ACK_WAIT: %s is shorter than 3s", c.AckWait))

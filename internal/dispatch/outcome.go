@@ -3,20 +3,19 @@ package dispatch
 import (
 	"context"
 	"errors"
-	"slices"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/synadia-io/orbit.go/jetstreamext"
 
 	"github.com/esim-pipeline/thingspace-esim/internal/batch"
 	"github.com/esim-pipeline/thingspace-esim/internal/broker"
 	"github.com/esim-pipeline/thingspace-esim/internal/correlation"
 	"github.com/esim-pipeline/thingspace-esim/internal/observability"
 	"github.com/esim-pipeline/thingspace-esim/internal/status"
+	"github.com/esim-pipeline/thingspace-esim/internal/statuspub"
 )
 
 // Outcomes are stored by one goroutine in call order, while the next call
@@ -209,62 +208,36 @@ func (d *dispatcher) persist(ctx context.Context, what string, op func(context.C
 // the async publishes in flight, and then for its ack.
 const publishTimeout = 10 * time.Second
 
+// newPublisher is the dispatcher's status publisher: atomic batches of up
+// to STATUS_BATCH_MAX, counted by result.
+func newPublisher(js jetstream.JetStream, cfg Config, m *metrics) *statuspub.Publisher {
+	return statuspub.New(js, statuspub.Config{BatchMax: cfg.StatusBatchMax, Timeout: publishTimeout,
+		Batches: func(result string) { m.eventBatches.WithLabelValues(result).Inc() }})
+}
+
 // publish stores events on their status subjects, each with its eventId as
 // Nats-Msg-Id and, where seqs gives one, the stream sequence of the
-// command it settles; it returns once every one is acknowledged. Many
-// events go in atomic batches of up to STATUS_BATCH_MAX: one commit, and
-// under sync_interval: always one fsync, for the batch (BENCHMARKS.md,
-// lesson 15). A batch the server refuses stored nothing (a duplicate id
-// inside fails it whole, as after a redelivery): its events go one by one,
-// where a duplicate is acknowledged as one. Failed publishes are tried
-// again until ctx ends: an event that is not stored must not let its
-// command be acknowledged.
+// command it settles; it returns once every one is acknowledged. The
+// status publisher puts many in atomic batches (package statuspub). Failed
+// publishes are tried again until ctx ends: an event that is not stored
+// must not let its command be acknowledged.
 func (d *dispatcher) publish(ctx context.Context, evs []status.Event, seqs ...uint64) error {
-	msgs := make([]*nats.Msg, len(evs))
+	todo := make([]*nats.Msg, len(evs))
 	for i, ev := range evs {
-		m := nats.NewMsg(ev.Subject())
-		m.Data = ev.AppendJSON(make([]byte, 0, 512))
-		m.Header.Set(nats.MsgIdHdr, ev.EventID)
+		m := statuspub.Message(ev.Subject(), ev.EventID, ev.AppendJSON(make([]byte, 0, 512)))
 		m.Header.Set(jetstream.ExpectedStreamHeader, broker.StatusStream)
 		if i < len(seqs) && seqs[i] > 0 {
 			m.Header.Set(seqHeader, strconv.FormatUint(seqs[i], 10))
 		}
-		msgs[i] = m
-	}
-	todo := msgs
-	if n := d.cfg.StatusBatchMax; n > 0 && len(msgs) >= minAtomicBatch {
-		todo = nil
-		for chunk := range slices.Chunk(msgs, n) {
-			if !d.publishAtomic(ctx, chunk) {
-				todo = append(todo, chunk...)
-			}
-		}
+		todo[i] = m
 	}
 	wait := 100 * time.Millisecond
 	for {
 		var failed []*nats.Msg
-		futures := make([]jetstream.PubAckFuture, 0, len(todo))
-		sent := make([]*nats.Msg, 0, len(todo))
-		for _, m := range todo {
-			// At MAX pending the publish waits for acks to free a slot (as
-			// long as an ack may take), rather than failing after nats.go's
-			// 200 ms and waiting for the whole batch and a retry.
-			f, err := d.js.PublishMsgAsync(m, jetstream.WithStallWait(publishTimeout))
-			if err != nil {
-				failed = append(failed, m)
-				continue
-			}
-			futures = append(futures, f)
-			sent = append(sent, m)
-		}
-		for i, f := range futures {
-			select {
-			case <-f.Ok():
-			case err := <-f.Err():
-				d.log.Debug().Err(err).Str(observability.FieldEventID, sent[i].Header.Get(nats.MsgIdHdr)).Msg("event publish")
-				failed = append(failed, sent[i])
-			case <-ctx.Done():
-				return ctx.Err()
+		for i, a := range d.pub.Store(ctx, todo) {
+			if a.Err != nil {
+				d.log.Debug().Err(a.Err).Str(observability.FieldEventID, todo[i].Header.Get(nats.MsgIdHdr)).Msg("event publish")
+				failed = append(failed, todo[i])
 			}
 		}
 		if len(failed) == 0 {
@@ -277,42 +250,6 @@ func (d *dispatcher) publish(ctx context.Context, evs []status.Event, seqs ...ui
 		pause(ctx, wait)
 		wait = min(2*wait, 2*time.Second)
 	}
-}
-
-// minAtomicBatch is the fewest events worth an atomic batch: each costs the
-// server a few fsyncs and milliseconds of its own (lesson 15).
-const minAtomicBatch = 100
-
-// publishAtomic stores msgs as one atomic batch and reports whether it was
-// committed; when not, nothing of it is stored and its messages are as they
-// were.
-func (d *dispatcher) publishAtomic(ctx context.Context, msgs []*nats.Msg) bool {
-	if len(msgs) == 0 {
-		return true
-	}
-	ctx, cancel := context.WithTimeout(ctx, publishTimeout)
-	defer cancel()
-	_, err := jetstreamext.PublishMsgBatch(ctx, d.js, msgs)
-	if err == nil {
-		d.m.eventBatches.WithLabelValues("committed").Inc()
-		return true
-	}
-	for _, m := range msgs {
-		// A message with a batch id is taken for part of a batch, and the
-		// batch's requests left their reply inbox on some.
-		m.Reply = ""
-		m.Header.Del(jetstreamext.BatchIDHeader)
-		m.Header.Del(jetstreamext.BatchSeqHeader)
-		m.Header.Del(jetstreamext.BatchCommitHeader)
-	}
-	result := "refused"
-	var apiErr *jetstream.APIError
-	if errors.As(err, &apiErr) {
-		result = "refused_" + strconv.Itoa(int(apiErr.ErrorCode))
-	}
-	d.m.eventBatches.WithLabelValues(result).Inc()
-	d.log.Debug().Err(err).Int("events", len(msgs)).Msg("atomic batch not committed; its events go one by one")
-	return false
 }
 
 func (d *dispatcher) deadLetter(ctx context.Context, msg *nats.Msg, reason string) error {

@@ -32,7 +32,8 @@ func TestPublishWaitsForASlotWhenAcksAreSlow(t *testing.T) {
 	nc := ns.Connect()
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(1), jetstream.WithPublishAsyncTimeout(publishTimeout))
 	require.NoError(t, err)
-	d := &dispatcher{js: js, log: zerolog.Nop()}
+	d := &dispatcher{js: js, log: zerolog.Nop(), pub: newPublisher(js, Config{}, newMetrics(prometheus.NewRegistry()))}
+	defer d.pub.Close()
 
 	var evs []status.Event
 	var want []string
@@ -70,6 +71,8 @@ func TestManyEventsGoInAtomicBatchesAndAReplayedOneFallsBackToSinglePublishes(t 
 	require.NoError(t, broker.Ensure(ctx, js, broker.StreamSettings{}))
 	cfg := Config{StatusBatchMax: 1000}
 	d := &dispatcher{cfg: cfg, js: js, log: zerolog.Nop(), m: newMetrics(prometheus.NewRegistry())}
+	d.pub = newPublisher(js, cfg, d.m)
+	defer d.pub.Close()
 	events := func(from, to int) []status.Event {
 		var evs []status.Event
 		for i := from; i < to; i++ {

@@ -14,6 +14,7 @@ import (
 	"github.com/esim-pipeline/thingspace-esim/internal/correlation"
 	"github.com/esim-pipeline/thingspace-esim/internal/observability"
 	"github.com/esim-pipeline/thingspace-esim/internal/ratelimit"
+	"github.com/esim-pipeline/thingspace-esim/internal/statuspub"
 	"github.com/esim-pipeline/thingspace-esim/internal/thingspace"
 )
 
@@ -130,7 +131,10 @@ func (s *Service) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	d := &dispatcher{cfg: s.cfg, log: s.log, m: newMetrics(s.reg), js: js, pull: pl, ts: s.ts, limiter: s.limiter, clock: s.clock, batches: &s.batches, links: newLinks()}
+	m := newMetrics(s.reg)
+	pub := newPublisher(js, s.cfg, m)
+	defer pub.Close()
+	d := &dispatcher{cfg: s.cfg, log: s.log, m: m, js: js, pull: pl, pub: pub, ts: s.ts, limiter: s.limiter, clock: s.clock, batches: &s.batches, links: newLinks()}
 	if err := d.setup(ctx); err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -158,6 +162,7 @@ type dispatcher struct {
 	js      jetstream.JetStream
 	cons    jetstream.Consumer
 	pull    *puller
+	pub     *statuspub.Publisher
 	store   *correlation.Store
 	ts      ThingSpace
 	limiter ratelimit.Limiter

@@ -197,21 +197,21 @@ func (s *Stack) Events(filter string, n int, within time.Duration) []Event {
 }
 
 // FinalOf is a done function for Until: every one of keys (the last token
-// of a subject) has a final event.
+// of a subject) has a final event. It reads each event once.
 func FinalOf(keys ...string) func([]Event) bool {
+	want := make(map[string]bool, len(keys))
+	for _, k := range keys {
+		want[k] = true
+	}
+	seen := 0
 	return func(evs []Event) bool {
-		final := map[string]bool{}
-		for _, e := range evs {
+		for _, e := range evs[seen:] {
 			if e.Final {
-				final[lastToken(e.Subject)] = true
+				delete(want, lastToken(e.Subject))
 			}
 		}
-		for _, k := range keys {
-			if !final[k] {
-				return false
-			}
-		}
-		return true
+		seen = len(evs)
+		return len(want) == 0
 	}
 }
 
