@@ -103,6 +103,9 @@ func (b *bench) runIngest(ctx context.Context, name string, l ingestLaunch) (loa
 		}
 		env = append(env, "LISTEN_ADDR=127.0.0.1:0", "METRICS_ADDR=127.0.0.1:0", "LOG_LEVEL=info",
 			"CORRELATION_GRACE=1ms") // no wait for records that are missing
+		if l.o.syncAlways {
+			env = append(env, "STATUS_BATCH_MAX=1000") // as the deploy files run it beside servers that sync every write
+		}
 		env = append(env, splitEnv(b.s.ingestEnv)...)
 	}
 	p, err := startProc("ingest", filepath.Join(dir, "ingest.log"), bin, args, env)

@@ -2,7 +2,6 @@ package callback
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -300,21 +299,11 @@ func (f *fanout) publish(ctx context.Context, ev status.Event) error {
 // settled reports whether the last event on subject is a final one of the
 // same request, and the subject's last sequence (0 when it has none).
 func (f *fanout) settled(ctx context.Context, subject, requestID string) (bool, uint64, error) {
-	last, err := f.status.GetLastMsgForSubject(ctx, subject)
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return false, 0, nil
+	last, seq, _, err := broker.LastEvent(ctx, f.status, subject)
+	if err != nil || last == nil {
+		return false, seq, err
 	}
-	if err != nil {
-		return false, 0, err
-	}
-	var prev struct {
-		RequestID string `json:"requestId"`
-		Final     bool   `json:"final"`
-	}
-	if json.Unmarshal(last.Data, &prev) != nil {
-		return false, last.Sequence, nil
-	}
-	return prev.Final && prev.RequestID == requestID, last.Sequence, nil
+	return last.Final && last.RequestID == requestID, seq, nil
 }
 
 // gate holds back new callbacks while the service stops and lets the

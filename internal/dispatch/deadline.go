@@ -201,14 +201,14 @@ func (d *dispatcher) unsettled(ctx context.Context, rec *correlation.Record) ([]
 			continue
 		}
 		seen[k] = true
-		last, err := lastEvent(ctx, stream, status.Subject(rec.Action, e.Device))
+		last, _, _, err := broker.LastEvent(ctx, stream, status.Subject(rec.Action, e.Device))
 		if err != nil {
 			return nil, err
 		}
 		if last != nil && (last.RequestID != rec.RequestID || last.Final) {
 			continue
 		}
-		lost, err := lastEvent(ctx, stream, status.Subject(status.UnknownAction, e.Device))
+		lost, _, _, err := broker.LastEvent(ctx, stream, status.Subject(status.UnknownAction, e.Device))
 		if err != nil {
 			return nil, err
 		}
@@ -218,21 +218,4 @@ func (d *dispatcher) unsettled(ctx context.Context, rec *correlation.Record) ([]
 		open = append(open, e)
 	}
 	return open, nil
-}
-
-// lastEvent is the latest event on subject; nil when it has none or it
-// cannot be read as one.
-func lastEvent(ctx context.Context, stream jetstream.Stream, subject string) (*status.Event, error) {
-	m, err := stream.GetLastMsgForSubject(ctx, subject)
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	var ev status.Event
-	if json.Unmarshal(m.Data, &ev) != nil {
-		return nil, nil
-	}
-	return &ev, nil
 }
