@@ -300,7 +300,7 @@ func (sc *scheduler) deliver(j *job) {
 	sc.push(j)
 }
 
-// titleStyle: the Global eSIM pages (deactivate, profile_suspend, and
+// titleStyle: the Global eSIM pages (deactivate, suspend, and
 // presumably their lifecycle siblings) write kinds "Iccid", "Eid", "Imei"
 // and status "SUCCESS"; the enable/disable/delete pages lower-case kinds
 // and write "Success".

@@ -23,7 +23,7 @@ const madeUpProfiles = 2
 
 type profileState struct {
 	iccid string
-	// suspended by profile_suspend (undone only by profile_resume);
+	// suspended by suspend (undone only by resume);
 	// deviceSuspended by device_suspend (undone by device_resume).
 	suspended, deviceSuspended bool
 }

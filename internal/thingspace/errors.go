@@ -22,7 +22,7 @@ type Shape string
 // The error body shapes.
 const (
 	// ShapeBusiness is {"errorCode":"<Service>.<CLASS>.<Detail>","errorMessage":…},
-	// or on the Global eSIM endpoints (deactivate, profile_suspend)
+	// or on the Global eSIM endpoints (command.Spec.Global)
 	// {"errorCode":"400","errorMessage":…}: the HTTP status as three digits
 	// (GIORestErrorResponse), so the message is all that says what is wrong.
 	ShapeBusiness Shape = "business"

@@ -16,8 +16,8 @@ import (
 // ActionPathPrefix is the path every profile action lives under.
 const ActionPathPrefix = "/api/m2m/v1/devices/profile/actions/"
 
-// ActionPath returns the endpoint path of action ("suspend" is
-// .../profile_suspend), or false for an unknown action.
+// ActionPath returns the endpoint path of action, its row's endpoint
+// under ActionPathPrefix, or false for an unknown action.
 func ActionPath(action string) (string, bool) {
 	sp, ok := command.Lookup(command.Action(action))
 	if !ok {
@@ -27,7 +27,7 @@ func ActionPath(action string) (string, bool) {
 }
 
 // ActionForPath is the inverse of [ActionPath]: the action whose endpoint
-// ends with the last path segment seg ("profile_suspend" is "suspend").
+// ends with the last path segment seg.
 func ActionForPath(seg string) (string, bool) {
 	sp, ok := command.ForEndpoint(seg)
 	return string(sp.Action), ok
