@@ -190,12 +190,6 @@ func (s *Stack) Until(filter string, done func([]Event) bool, within time.Durati
 	return out
 }
 
-// Events reads the first n status events on subjects matching filter.
-func (s *Stack) Events(filter string, n int, within time.Duration) []Event {
-	s.t.Helper()
-	return s.Until(filter, func(evs []Event) bool { return len(evs) >= n }, within)
-}
-
 // FinalOf is a done function for Until: every one of keys (the last token
 // of a subject) has a final event. It reads each event once.
 func FinalOf(keys ...string) func([]Event) bool {
