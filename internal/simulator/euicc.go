@@ -2,16 +2,17 @@ package simulator
 
 import (
 	"hash/fnv"
+	"slices"
 	"strconv"
 
 	"github.com/esim-pipeline/thingspace-esim/internal/command"
 )
 
 // The simulator keeps what it has seen of each eUICC: the profiles (ICCIDs)
-// that calls named together with its EID, and which of them are suspended,
-// so that device_suspend and device_resume answer one callback per profile
-// the way their pages describe, "already suspended" and "already resumed"
-// included.
+// that calls named together with its EID, and which of them are suspended
+// with the device, so that device_suspend and device_resume answer one
+// callback per profile the way their pages describe, "already suspended"
+// and "already resumed" included.
 
 // maxEUICCs bounds what the simulator remembers; past it, new eUICCs are not
 // learned (their device-level actions answer with made-up profiles).
@@ -58,17 +59,6 @@ func (s *Server) euiccOf(eid string, create bool) *euicc {
 	return e
 }
 
-// iccidOwner is the eUICC holding iccid, for the actions naming the ICCID
-// alone. s.emu is held.
-func (s *Server) iccidOwner(iccid string) *profileState {
-	if eid, ok := s.owners[iccid]; ok {
-		if e := s.euiccs[eid]; e != nil {
-			return e.profile(iccid)
-		}
-	}
-	return nil
-}
-
 // apply records what an accepted request does to the eUICCs it names, and
 // for the device-level actions decides each profile's callback. It runs
 // when the request is accepted, so a later request sees its effect.
@@ -106,11 +96,7 @@ func (s *Server) apply(rq *request) {
 				}
 				d.profiles[j] = o
 			}
-		case command.Suspend, command.Resume:
-			if p := s.iccidOwner(iccid); p != nil {
-				p.suspended = a == command.Suspend
-			}
-		default: // the actions naming the EID and the ICCID
+		default: // the actions naming the EID and the ICCID (suspend and resume name no EID)
 			if eid == "" || iccid == "" {
 				continue
 			}
@@ -121,24 +107,12 @@ func (s *Server) apply(rq *request) {
 			p := e.profile(iccid)
 			switch {
 			case a == command.Delete && p != nil:
-				e.profiles = deleteProfile(e.profiles, p)
-				delete(s.owners, iccid)
+				e.profiles = slices.DeleteFunc(e.profiles, func(x *profileState) bool { return x == p })
 			case a != command.Delete && p == nil:
 				e.profiles = append(e.profiles, &profileState{iccid: iccid})
-				s.owners[iccid] = eid
 			}
 		}
 	}
-}
-
-func deleteProfile(ps []*profileState, p *profileState) []*profileState {
-	out := ps[:0]
-	for _, x := range ps {
-		if x != p {
-			out = append(out, x)
-		}
-	}
-	return out
 }
 
 // madeUpICCID is the n-th profile of an eUICC no call named a profile of:

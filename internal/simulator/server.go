@@ -60,9 +60,8 @@ type Server struct {
 	requests map[string]*request
 	pruned   time.Time
 
-	emu    sync.Mutex        // guards euiccs, owners
+	emu    sync.Mutex        // guards euiccs
 	euiccs map[string]*euicc // eid -> what calls said of it
-	owners map[string]string // iccid -> eid
 
 	calls      *ring[Call]
 	deliveries *ring[Delivery]
@@ -88,7 +87,6 @@ func New(cfg Config) (*Server, error) {
 		listeners:  map[string]map[string]thingspace.CallbackRegistration{},
 		requests:   map[string]*request{},
 		euiccs:     map[string]*euicc{},
-		owners:     map[string]string{},
 		calls:      newRing[Call](cfg.HistoryLimit),
 		deliveries: newRing[Delivery](cfg.HistoryLimit),
 	}
