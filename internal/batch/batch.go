@@ -9,9 +9,6 @@ import (
 	"github.com/esim-pipeline/thingspace-esim/internal/device"
 )
 
-// MaxDevices is ThingSpace's limit on devices in one call.
-const MaxDevices = command.MaxDevices
-
 // Key groups what may share one ThingSpace call.
 type Key struct {
 	Action  string
@@ -56,12 +53,12 @@ type Config struct {
 
 // Validate reports limits ThingSpace would refuse.
 func (c Config) Validate() error {
-	if c.Default < 1 || c.Default > MaxDevices {
-		return fmt.Errorf("BATCH_MAX_DEVICES: %d is out of range 1..%d", c.Default, MaxDevices)
+	if c.Default < 1 || c.Default > command.MaxDevices {
+		return fmt.Errorf("BATCH_MAX_DEVICES: %d is out of range 1..%d", c.Default, command.MaxDevices)
 	}
 	for a, n := range c.MaxDevices {
-		if n < 1 || n > MaxDevices {
-			return fmt.Errorf("batch size for %s: %d is out of range 1..%d", a, n, MaxDevices)
+		if n < 1 || n > command.MaxDevices {
+			return fmt.Errorf("batch size for %s: %d is out of range 1..%d", a, n, command.MaxDevices)
 		}
 	}
 	if c.MaxWait < 0 {

@@ -121,7 +121,7 @@ func (c *Config) Declare(s *config.Set) {
 	s.Int(&c.Burst, "thingspace-burst", "THINGSPACE_BURST", 1, "ThingSpace calls allowed at once above the rate")
 	s.String(&c.RateScope, "thingspace-rate-scope", "THINGSPACE_RATE_SCOPE", RateScopeFleet, "what THINGSPACE_RATE counts: fleet (all calls) or account (each account's calls)")
 	s.Bool(&c.RateShared, "thingspace-rate-shared", "THINGSPACE_RATE_SHARED", true, "share THINGSPACE_RATE across every dispatcher through NATS (false: per process)")
-	s.Int(&c.BatchMaxDevices, "batch-max-devices", "BATCH_MAX_DEVICES", batch.MaxDevices, "most devices in one ThingSpace call (1..10000)")
+	s.Int(&c.BatchMaxDevices, "batch-max-devices", "BATCH_MAX_DEVICES", command.MaxDevices, "most devices in one ThingSpace call (1..10000)")
 	c.perAction = map[string]*int{}
 	for _, a := range command.Names() {
 		p := new(int)
@@ -169,7 +169,7 @@ func (c *Config) setDefaults() {
 		c.Burst = 1
 	}
 	if c.BatchMaxDevices <= 0 {
-		c.BatchMaxDevices = batch.MaxDevices
+		c.BatchMaxDevices = command.MaxDevices
 	}
 	if c.BatchMaxWait <= 0 {
 		c.BatchMaxWait = time.Second

@@ -32,9 +32,7 @@ func (l *links) lanes(ids device.Set) order.Device {
 	iccid := ids.Get(device.ICCID)
 	switch {
 	case eid != "" && iccid != "":
-		if old, ok := l.eids.Get(iccid); !ok || old != eid {
-			l.eids.Add(iccid, eid)
-		}
+		l.eids.Add(iccid, eid)
 	case iccid != "":
 		eid, _ = l.eids.Get(iccid)
 	}

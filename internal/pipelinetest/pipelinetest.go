@@ -52,7 +52,6 @@ type options struct {
 	sim      simulator.Config
 	ingest   []func(*callback.Config)
 	disp     []func(*dispatch.Config)
-	log      zerolog.Level
 }
 
 // Option changes what Start starts.
@@ -78,7 +77,7 @@ func WithDispatcher(f func(*dispatch.Config)) Option {
 // Start starts the stack and waits until both services are ready.
 func Start(t testing.TB, opts ...Option) *Stack {
 	t.Helper()
-	o := options{services: true, sim: simulator.Config{Faults: simulator.Faults{RatePerMinute: -1}, Seed: 7}, log: zerolog.WarnLevel}
+	o := options{services: true, sim: simulator.Config{Faults: simulator.Faults{RatePerMinute: -1}, Seed: 7}}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -89,7 +88,7 @@ func Start(t testing.TB, opts ...Option) *Stack {
 	if !o.services {
 		return s
 	}
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(o.log)
+	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
 	o.sim.Logger = log
 	sim, err := simulator.New(o.sim)
 	require.NoError(t, err)

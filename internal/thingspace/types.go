@@ -37,9 +37,6 @@ func ActionForPath(seg string) (string, bool) {
 // status as errorCode.
 func IsGlobal(action string) bool { return command.Action(action).Spec().Global }
 
-// MaxDevicesPerRequest is ThingSpace's bulk limit for one request.
-const MaxDevicesPerRequest = command.MaxDevices
-
 // DeviceID is one identifier of a device as ThingSpace writes it. Kind
 // arrives in any case ("ICCID", "Iccid"); compare with strings.EqualFold or
 // use [DeviceID.NormalizedKind]. When decoding, an id given as a JSON number
