@@ -1,6 +1,7 @@
 package order
 
 import (
+	"cmp"
 	"slices"
 	"time"
 )
@@ -93,22 +94,12 @@ type lane struct {
 
 // span is where the entries of seq are: [i, j).
 func (l *lane) span(seq uint64) (int, int) {
-	i, _ := slices.BinarySearchFunc(l.entries, seq, func(e *slot, seq uint64) int { return cmpSeq(e.seq, seq) })
+	i, _ := slices.BinarySearchFunc(l.entries, seq, func(e *slot, seq uint64) int { return cmp.Compare(e.seq, seq) })
 	j := i
 	for j < len(l.entries) && l.entries[j].seq == seq {
 		j++
 	}
 	return i, j
-}
-
-func cmpSeq(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // ready reports whether every entry before s, in each of its lanes, is
