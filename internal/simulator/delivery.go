@@ -412,10 +412,7 @@ func (s *Server) callback(rq *request, j *job, reg thingspace.CallbackRegistrati
 		return cb
 	case d.fail:
 		cb.Status = thingspace.CallbackFailed
-		cb.FaultResponse = &thingspace.FaultResponse{
-			FaultCode:   "SMSR.REQUEST_FAILED.ProfileStateChange.Rejected",
-			FaultString: "The SM-SR reported that the eUICC refused the profile " + a + ".",
-		}
+		cb.FaultResponse = refused("The SM-SR reported that the eUICC refused the profile " + a + ".")
 		return cb
 	}
 	cb.Status = finalStatus(a, false)
@@ -438,6 +435,12 @@ func (s *Server) callback(rq *request, j *job, reg thingspace.CallbackRegistrati
 	}
 	cb.DeviceResponse = &thingspace.DeviceResponse{DeviceProfileResponse: p}
 	return cb
+}
+
+// refused is the faultResponse of a failed callback: the SM-SR's refusal,
+// with why.
+func refused(why string) *thingspace.FaultResponse {
+	return &thingspace.FaultResponse{FaultCode: "SMSR.REQUEST_FAILED.ProfileStateChange.Rejected", FaultString: why}
 }
 
 // profileStatus is what a callback reports of the profile after action: the
@@ -465,15 +468,16 @@ func (s *Server) deviceLevel(cb *thingspace.Callback, rq *request, j *job) {
 	if a == string(command.DeviceResume) {
 		state = "ACTIVE"
 	}
+	refusal := "The SM-SR reported that the eUICC refused the " + a + "."
 	if j.kind == kindProfile {
 		o := d.profiles[j.profile]
 		cb.DeviceIDs = []thingspace.DeviceID{id("eid", eid), id("iccid", o.iccid)}
-		if o.fail || d.fail {
-			cb.Status = thingspace.CallbackFailed
-			cb.FaultResponse = &thingspace.FaultResponse{FaultCode: "SMSR.REQUEST_FAILED.ProfileStateChange.Rejected", FaultString: o.fault}
-			if !o.fail {
-				cb.FaultResponse.FaultString = "The SM-SR reported that the eUICC refused the " + a + "."
-			}
+		switch {
+		case o.fail:
+			cb.Status, cb.FaultResponse = thingspace.CallbackFailed, refused(o.fault)
+			return
+		case d.fail:
+			cb.Status, cb.FaultResponse = thingspace.CallbackFailed, refused(refusal)
 			return
 		}
 		cb.Status = finalStatus(a, false)
@@ -485,9 +489,7 @@ func (s *Server) deviceLevel(cb *thingspace.Callback, rq *request, j *job) {
 	}
 	cb.DeviceIDs = []thingspace.DeviceID{id("eid", eid)}
 	if d.fail {
-		cb.Status = thingspace.CallbackFailed
-		cb.FaultResponse = &thingspace.FaultResponse{FaultCode: "SMSR.REQUEST_FAILED.ProfileStateChange.Rejected",
-			FaultString: "The SM-SR reported that the eUICC refused the " + a + "."}
+		cb.Status, cb.FaultResponse = thingspace.CallbackFailed, refused(refusal)
 		return
 	}
 	cb.Status = finalStatus(a, false)
