@@ -72,8 +72,9 @@ func merge(cb, rec device.Set) device.Set {
 // a requestId without a record: the downloads, delete and disable name
 // themselves in profileStatus; deactivate and suspend show in the device's
 // state (their profileStatus stays ENABLE); enable names itself in
-// profileStatus. The rest (resume, the device-level actions) report nothing
-// of their own: their events go to the unknown action.
+// profileStatus. resume reports nothing of its own (its event goes to the
+// unknown action); device_suspend's callbacks show a suspended state like
+// suspend's, and without a record are taken for suspend's.
 func guessAction(p *thingspace.DeviceProfileResponse) string {
 	if p == nil {
 		return status.UnknownAction
