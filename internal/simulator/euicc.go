@@ -24,9 +24,10 @@ const madeUpProfiles = 2
 
 type profileState struct {
 	iccid string
-	// suspended by suspend (undone only by resume);
-	// deviceSuspended by device_suspend (undone by device_resume).
-	suspended, deviceSuspended bool
+	// deviceSuspended: by device_suspend, undone by device_resume. (A
+	// profile's own suspend and resume are not modelled: no answer of the
+	// simulator depends on them.)
+	deviceSuspended bool
 }
 
 type euicc struct {
