@@ -28,6 +28,7 @@ import (
 	"github.com/esim-pipeline/thingspace-esim/internal/dispatch"
 	"github.com/esim-pipeline/thingspace-esim/internal/esimctl"
 	"github.com/esim-pipeline/thingspace-esim/internal/natstest"
+	"github.com/esim-pipeline/thingspace-esim/internal/stack"
 )
 
 var update = flag.Bool("update", false, "rewrite deploy/jetstream/ from the code")
@@ -229,33 +230,22 @@ func TestJetStreamDefinitionsMatchServices(t *testing.T) {
 		"THINGSPACE_USERNAME":      "user",
 		"THINGSPACE_PASSWORD":      "password",
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	t.Cleanup(func() { cancel(); wg.Wait() })
 	log := zerolog.Nop()
-
 	var dcfg dispatch.Config
 	dset := config.NewSet("dispatcher", io.Discard)
 	dcfg.Declare(dset)
 	require.NoError(t, dset.Parse(nil, mapEnv(env)))
-	d, err := dispatch.New(dcfg, log)
-	require.NoError(t, err)
 	var ccfg callback.Config
 	cset := config.NewSet("callback-ingest", io.Discard)
 	ccfg.Declare(cset)
 	require.NoError(t, cset.Parse(nil, mapEnv(env)))
 
-	ready := make(chan string, 2)
-	errs := make(chan error, 2)
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		errs <- d.Run(ctx)
-	}()
-	go func() {
-		defer wg.Done()
-		errs <- callback.Run(ctx, ccfg, log, callback.OnReady(func(callback.Addrs) { ready <- "callback-ingest" }))
-	}()
+	// Each returns once it is ready: its streams and consumers exist.
+	d, err := stack.StartDispatcher(dcfg, log)
+	require.NoError(t, err)
+	in, err := stack.StartIngest(ccfg, log)
+	require.NoError(t, err)
+	ctx := context.Background()
 	_, js := srv.JetStream()
 	wantConsumers := map[string]string{
 		broker.DispatcherConsumer:     broker.CommandStream,
@@ -263,27 +253,12 @@ func TestJetStreamDefinitionsMatchServices(t *testing.T) {
 		broker.CallbackFanoutConsumer: broker.CallbackStream,
 		broker.EIDIndexConsumer:       broker.StatusStream,
 	}
-	select {
-	case <-ready:
-	case err := <-errs:
-		t.Fatalf("a service stopped: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("callback-ingest not ready")
+	for durable, stream := range wantConsumers {
+		_, err := js.Consumer(ctx, stream, durable)
+		require.NoError(t, err, "the services create consumer %s", durable)
 	}
-	require.Eventually(t, func() bool {
-		for durable, stream := range wantConsumers {
-			if _, err := js.Consumer(ctx, stream, durable); err != nil {
-				return false
-			}
-		}
-		return true
-	}, 30*time.Second, 50*time.Millisecond, "the services create their consumers")
-	cancel()
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		require.NoError(t, err)
-	}
+	require.NoError(t, d.Stop())
+	require.NoError(t, in.Stop())
 
 	three := func(v *jetstream.StreamConfig) { v.Replicas = replicas }
 	t.Run("the services create the streams as deploy/jetstream/streams defines them", func(t *testing.T) {

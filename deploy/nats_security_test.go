@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -27,6 +26,7 @@ import (
 	"github.com/esim-pipeline/thingspace-esim/internal/esimctl"
 	"github.com/esim-pipeline/thingspace-esim/internal/natstest"
 	"github.com/esim-pipeline/thingspace-esim/internal/simulator"
+	"github.com/esim-pipeline/thingspace-esim/internal/stack"
 	"github.com/esim-pipeline/thingspace-esim/internal/status"
 	"github.com/esim-pipeline/thingspace-esim/internal/testkit"
 )
@@ -136,62 +136,33 @@ func (s *secureNATS) connect(role string) (*nats.Conn, jetstream.JetStream, *vio
 func TestTheShippedPermissionsCarryTheWholePathOverMutualTLS(t *testing.T) {
 	s := startSecureNATS(t)
 	ingestCert := s.ca.Server("callback-ingest-https")
-	sim, err := simulator.New(simulator.Config{
+	logs := &testkit.SyncBuffer{}
+	log := zerolog.New(logs).Level(zerolog.DebugLevel)
+	sim, err := stack.StartSimulator(simulator.Config{
 		Faults: simulator.Faults{RatePerMinute: -1, CallbackDelay: 20 * time.Millisecond, WarningShare: 0.3}, Seed: 11,
 		Logger:     zerolog.Nop(),
 		HTTPClient: &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: s.ca.ClientTLS(nil)}},
-	})
+	}, "127.0.0.1:0", nil)
 	require.NoError(t, err)
-	sim.Start()
-	hs := httptest.NewServer(sim.Handler())
-	t.Cleanup(func() { hs.Close(); sim.Close() })
-
-	logs := &testkit.SyncBuffer{}
-	log := zerolog.New(logs).Level(zerolog.DebugLevel)
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	ready := make(chan callback.Addrs, 1)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		err := callback.Run(ctx, callback.Config{
-			NATS: s.as("callback-ingest"), ListenAddr: "127.0.0.1:0", MetricsAddr: "127.0.0.1:0",
-			TLSCertFile: ingestCert.CertFile, TLSKeyFile: ingestCert.KeyFile,
-			Username: "cb-user", Password: config.NewSecret("cb-pass"), RetryDelay: 50 * time.Millisecond,
-			CorrelationGrace: 5 * time.Second, StoreTimeout: 3 * time.Second, ShutdownGrace: 5 * time.Second,
-		}, log.With().Str("program", "callback-ingest").Logger(), callback.OnReady(func(a callback.Addrs) { ready <- a }))
-		if err != nil && ctx.Err() == nil {
-			t.Errorf("callback-ingest: %v", err)
-		}
-	}()
-	var ingest callback.Addrs
-	select {
-	case ingest = <-ready:
-	case <-time.After(30 * time.Second):
-		t.Fatalf("callback-ingest not ready; its log:\n%s", logs.String())
-	}
-	dispAdmin := make(chan string, 1)
-	svc, err := dispatch.New(dispatch.Config{
-		NATS: s.as("dispatcher"), BaseURL: hs.URL,
+	t.Cleanup(func() { _ = sim.Stop() })
+	ingest, err := stack.StartIngest(callback.Config{
+		NATS: s.as("callback-ingest"), ListenAddr: "127.0.0.1:0", MetricsAddr: "127.0.0.1:0",
+		TLSCertFile: ingestCert.CertFile, TLSKeyFile: ingestCert.KeyFile,
+		Username: "cb-user", Password: config.NewSecret("cb-pass"), RetryDelay: 50 * time.Millisecond,
+		CorrelationGrace: 5 * time.Second, StoreTimeout: 3 * time.Second, ShutdownGrace: 5 * time.Second,
+	}, log.With().Str("program", "callback-ingest").Logger())
+	require.NoError(t, err, "its log:\n%s", logs)
+	t.Cleanup(func() { _ = ingest.Stop() })
+	disp, err := stack.StartDispatcher(dispatch.Config{
+		NATS: s.as("dispatcher"), BaseURL: sim.URL,
 		ClientID: simulator.DemoClientID, ClientSecret: config.NewSecret(simulator.DemoClientSecret),
 		Username: simulator.DemoUsername, Password: config.NewSecret(simulator.DemoPassword),
 		Rate: 50, RateShared: true, BatchMaxWait: 20 * time.Millisecond, MetricsAddr: "127.0.0.1:0",
 		CallbackURL: "https://" + ingest.Callback + "/callbacks", CallbackUsername: "cb-user", CallbackPassword: config.NewSecret("cb-pass"),
-	}, log.With().Str("program", "dispatcher").Logger(), dispatch.WithStarted(func(a string) { dispAdmin <- a }))
-	require.NoError(t, err)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := svc.Run(ctx); err != nil && ctx.Err() == nil {
-			t.Errorf("dispatcher: %v", err)
-		}
-	}()
-	select {
-	case <-dispAdmin:
-	case <-time.After(30 * time.Second):
-		t.Fatalf("dispatcher not ready; the log:\n%s", logs.String())
-	}
+	}, log.With().Str("program", "dispatcher").Logger())
+	require.NoError(t, err, "the log:\n%s", logs)
+	t.Cleanup(func() { _ = disp.Stop() })
+	ctx := context.Background()
 
 	// A producer (the esimctl role) publishes; the operator follows.
 	_, producer, _ := s.connect("esimctl")
@@ -351,8 +322,8 @@ func TestTheShippedPermissionsCarryTheWholePathOverMutualTLS(t *testing.T) {
 			5*time.Second, 10*time.Millisecond)
 	})
 
-	cancel()
-	wg.Wait()
+	require.NoError(t, disp.Stop())
+	require.NoError(t, ingest.Stop())
 	require.NotContains(t, logs.String(), "Permissions Violation", "a program was refused what the code needs")
 	for k, pw := range natsPasswords {
 		require.NotContains(t, logs.String(), pw, "the password of %s in a log line", k)

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -20,6 +19,7 @@ import (
 	"github.com/esim-pipeline/thingspace-esim/internal/config"
 	"github.com/esim-pipeline/thingspace-esim/internal/dispatch"
 	"github.com/esim-pipeline/thingspace-esim/internal/observability"
+	"github.com/esim-pipeline/thingspace-esim/internal/stack"
 )
 
 // Roles: this binary run again as a process of its own, by the bench.
@@ -130,7 +130,8 @@ func profiledIngest(ctx context.Context, getenv func(string) string, stdout io.W
 	return profiled(getenv, func() error { return callback.Run(ctx, cfg, log) })
 }
 
-// profiledDispatcher is cmd/dispatcher's run with a CPU profile.
+// profiledDispatcher is a dispatcher wired as cmd/dispatcher's run wires
+// it (internal/stack), with a CPU profile.
 func profiledDispatcher(ctx context.Context, getenv func(string) string, stdout io.Writer) error {
 	var cfg dispatch.Config
 	set := config.NewSet("dispatcher", io.Discard)
@@ -142,9 +143,15 @@ func profiledDispatcher(ctx context.Context, getenv func(string) string, stdout 
 	if err != nil {
 		return err
 	}
-	svc, err := dispatch.New(cfg, log)
-	if err != nil {
-		return fmt.Errorf("dispatcher: %w", err)
-	}
-	return profiled(getenv, func() error { return svc.Run(ctx) })
+	return profiled(getenv, func() error {
+		d, err := stack.StartDispatcher(cfg, log)
+		if err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+		case <-d.Done():
+		}
+		return d.Stop()
+	})
 }

@@ -4,8 +4,8 @@
 // dispatcher, wired together with the callback URL registered. It prints
 // where everything listens and three lines to try. Ctrl-C stops it cleanly.
 //
-// It runs the real service code (internal/dispatch, internal/callback,
-// internal/simulator); only the wiring is here.
+// It runs the real service code through internal/stack, as the tests'
+// pipelinetest does; only the choice of addresses and settings is here.
 package main
 
 import (
@@ -18,7 +18,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
-	"sync"
+	"strings"
 	"syscall"
 	"time"
 
@@ -30,6 +30,7 @@ import (
 	"github.com/esim-pipeline/thingspace-esim/internal/dispatch"
 	"github.com/esim-pipeline/thingspace-esim/internal/observability"
 	"github.com/esim-pipeline/thingspace-esim/internal/simulator"
+	"github.com/esim-pipeline/thingspace-esim/internal/stack"
 )
 
 // NATSCLI is how the printed commands run the NATS CLI, pinned.
@@ -126,66 +127,38 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
-	sim, err := simulator.New(simulator.Config{
+	sim, err := stack.StartSimulator(simulator.Config{
 		Logger: simLog,
 		Faults: simulator.Faults{CallbackDelay: s.callbackDelay, WarningShare: s.warningShare, FailShare: s.failShare},
-	})
+	}, s.simAddr, nil)
 	if err != nil {
 		return err
 	}
-	sim.Start()
-	defer sim.Close()
-	simSrv, err := observability.Listen(s.simAddr, sim.Handler(), simLog)
-	if err != nil {
-		return fmt.Errorf("simulator on %s: %w", s.simAddr, err)
-	}
-
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var wg sync.WaitGroup
-	errc := make(chan error, 3)
-	goRun := func(name string, f func() error) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := f(); err != nil && !errors.Is(err, context.Canceled) {
-				errc <- fmt.Errorf("%s: %w", name, err)
-				cancel()
-			}
-		}()
-	}
-	goRun("simulator", func() error { return simSrv.Serve(ctx, 5*time.Second) })
+	defer func() { _ = sim.Stop() }()
 
 	ingestLog, err := logger("callback-ingest")
 	if err != nil {
 		return err
 	}
-	ingestReady := make(chan callback.Addrs, 1)
-	goRun("callback-ingest", func() error {
-		return callback.Run(ctx, callback.Config{
-			NATS:        config.NATS{URL: natsURL},
-			ListenAddr:  s.callbackAddr,
-			MetricsAddr: s.ingestAdmin,
-			Username:    cbUser,
-			Password:    config.NewSecret(cbPass),
-		}, ingestLog, callback.OnReady(func(a callback.Addrs) { ingestReady <- a }))
-	})
-	var addrs callback.Addrs
-	select {
-	case addrs = <-ingestReady:
-	case err := <-errc:
-		wg.Wait()
+	ingest, err := stack.StartIngest(callback.Config{
+		NATS:        config.NATS{URL: natsURL},
+		ListenAddr:  s.callbackAddr,
+		MetricsAddr: s.ingestAdmin,
+		Username:    cbUser,
+		Password:    config.NewSecret(cbPass),
+	}, ingestLog)
+	if err != nil {
 		return err
 	}
+	defer func() { _ = ingest.Stop() }()
 
 	dispLog, err := logger("dispatcher")
 	if err != nil {
 		return err
 	}
-	dispReady := make(chan string, 1)
-	disp, err := dispatch.New(dispatch.Config{
+	disp, err := stack.StartDispatcher(dispatch.Config{
 		NATS:             config.NATS{URL: natsURL},
-		BaseURL:          "http://" + simSrv.Addr(),
+		BaseURL:          sim.URL,
 		ClientID:         simulator.DemoClientID,
 		ClientSecret:     config.NewSecret(simulator.DemoClientSecret),
 		Username:         simulator.DemoUsername,
@@ -193,36 +166,31 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Rate:             s.rate,
 		BatchMaxWait:     s.batchWait,
 		MetricsAddr:      s.dispatchAdmin,
-		CallbackURL:      "http://" + addrs.Callback + "/callbacks",
+		CallbackURL:      ingest.CallbackURL(),
 		CallbackUsername: cbUser,
 		CallbackPassword: config.NewSecret(cbPass),
-	}, dispLog, dispatch.WithStarted(func(a string) { dispReady <- a }))
+	}, dispLog)
 	if err != nil {
-		cancel()
-		wg.Wait()
 		return err
 	}
-	goRun("dispatcher", func() error { return disp.Run(ctx) })
-	var dispAdmin string
-	select {
-	case dispAdmin = <-dispReady:
-	case err := <-errc:
-		wg.Wait()
-		return err
-	}
+	defer func() { _ = disp.Stop() }()
 
 	banner(stdout, bannerInfo{
-		nats: natsURL, data: s.data, sim: simSrv.Addr(), callback: addrs.Callback,
-		ingestAdmin: addrs.Admin, dispatchAdmin: dispAdmin, logs: logDir,
+		nats: natsURL, data: s.data, sim: strings.TrimPrefix(sim.URL, "http://"), callback: ingest.Callback,
+		ingestAdmin: ingest.Admin, dispatchAdmin: disp.AdminAddr, logs: logDir,
 	})
 
-	<-ctx.Done()
-	fmt.Fprintln(stdout, "devstack: stopping")
-	wg.Wait()
+	// A part that stops on its own (NATS lost for good, a listener's
+	// error) stops the stack.
 	select {
-	case err := <-errc:
+	case <-ctx.Done():
+	case <-sim.Done():
+	case <-ingest.Done():
+	case <-disp.Done():
+	}
+	fmt.Fprintln(stdout, "devstack: stopping")
+	if err := errors.Join(disp.Stop(), ingest.Stop(), sim.Stop()); err != nil {
 		return err
-	default:
 	}
 	fmt.Fprintln(stdout, "devstack: stopped")
 	return nil

@@ -12,9 +12,11 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/esim-pipeline/thingspace-esim/internal/broker"
 	"github.com/esim-pipeline/thingspace-esim/internal/config"
 	"github.com/esim-pipeline/thingspace-esim/internal/dispatch"
 	"github.com/esim-pipeline/thingspace-esim/internal/observability"
+	"github.com/esim-pipeline/thingspace-esim/internal/thingspace"
 )
 
 func main() {
@@ -36,14 +38,42 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err := set.Parse(args, getenv); err != nil {
 		return err
 	}
+	if err := cfg.Validate(); err != nil { // before connecting: a bad value fails at once
+		return err
+	}
 	log, err := observability.NewLogger(stdout, cfg.LogLevel, "dispatcher")
 	if err != nil {
 		return err
 	}
 	log.Info().Interface("config", set.Resolved()).Msg("dispatcher starting")
-	svc, err := dispatch.New(cfg, log)
+
+	nc, err := broker.Connect(ctx, cfg.NATS, "esim-dispatcher", log)
 	if err != nil {
 		return err
 	}
-	return svc.Run(ctx)
+	defer nc.Close()
+	ready := broker.NewReadiness(nc)
+	reg := observability.NewRegistry()
+	admin, err := observability.StartAdmin(cfg.MetricsAddr, reg, ready.Check, log)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = admin.Stop() }()
+
+	ts, err := thingspace.New(cfg.ThingSpace(log))
+	if err != nil {
+		return err
+	}
+	svc, err := dispatch.New(cfg, nc, ts, log, dispatch.WithRegistry(reg), dispatch.OnReady(func() {
+		ready.SetReady()
+		log.Info().Str("admin_addr", admin.Addr()).Msg("dispatcher ready")
+	}))
+	if err != nil {
+		return err
+	}
+	err = svc.Run(ctx)
+	if derr := nc.Drain(); derr != nil {
+		log.Warn().Err(derr).Msg("drain")
+	}
+	return err
 }

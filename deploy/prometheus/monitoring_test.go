@@ -2,15 +2,12 @@ package prometheus_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,15 +16,13 @@ import (
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/rulefmt"
 	"github.com/prometheus/prometheus/promql/parser"
-	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
 	"sigs.k8s.io/yaml"
 
 	"github.com/esim-pipeline/thingspace-esim/internal/callback"
 	"github.com/esim-pipeline/thingspace-esim/internal/config"
 	"github.com/esim-pipeline/thingspace-esim/internal/dispatch"
-	"github.com/esim-pipeline/thingspace-esim/internal/natstest"
-	"github.com/esim-pipeline/thingspace-esim/internal/simulator"
+	"github.com/esim-pipeline/thingspace-esim/internal/pipelinetest"
 )
 
 const (
@@ -75,50 +70,15 @@ func metricNames(t *testing.T, where, expr string) []string {
 // (histograms as _bucket, _sum and _count).
 func exposed(t *testing.T) map[string]bool {
 	t.Helper()
-	ns := natstest.Run(t)
-	nc, _ := ns.JetStream()
-	sim, err := simulator.New(simulator.Config{Faults: simulator.Faults{RatePerMinute: -1}, Seed: 7, Logger: zerolog.Nop()})
-	require.NoError(t, err)
-	sim.Start()
-	hs := httptest.NewServer(sim.Handler())
-	t.Cleanup(func() { hs.Close(); sim.Close() })
-
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.ErrorLevel)
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	ready := make(chan callback.Addrs, 1)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		_ = callback.Run(ctx, callback.Config{
-			NATS: config.NATS{URL: ns.URL()}, ListenAddr: "127.0.0.1:0", MetricsAddr: "127.0.0.1:0",
-			Username: "cb-user", Password: config.NewSecret("cb-pass"), RetryDelay: 50 * time.Millisecond,
-		}, log, callback.OnReady(func(a callback.Addrs) { ready <- a }))
-	}()
-	var ingest callback.Addrs
-	select {
-	case ingest = <-ready:
-	case <-time.After(30 * time.Second):
-		t.Fatal("callback-ingest not ready")
-	}
-	dispAdmin := make(chan string, 1)
-	svc, err := dispatch.New(dispatch.Config{
-		NATS: config.NATS{URL: ns.URL()}, BaseURL: hs.URL,
-		ClientID: simulator.DemoClientID, ClientSecret: config.NewSecret(simulator.DemoClientSecret),
-		Username: simulator.DemoUsername, Password: config.NewSecret(simulator.DemoPassword),
-		BatchMaxWait: 20 * time.Millisecond, MetricsAddr: "127.0.0.1:0",
-		CallbackURL: "http://" + ingest.Callback + "/callbacks", CallbackUsername: "cb-user", CallbackPassword: config.NewSecret("cb-pass"),
-	}, log, dispatch.WithStarted(func(a string) { dispAdmin <- a }))
-	require.NoError(t, err)
-	wg.Add(1)
-	go func() { defer wg.Done(); _ = svc.Run(ctx) }()
-	var dispatcher string
-	select {
-	case dispatcher = <-dispAdmin:
-	case <-time.After(30 * time.Second):
-		t.Fatal("dispatcher not ready")
-	}
+	s := pipelinetest.Start(t,
+		pipelinetest.WithIngest(func(c *callback.Config) {
+			c.Username, c.Password = "cb-user", config.NewSecret("cb-pass")
+		}),
+		pipelinetest.WithDispatcher(func(c *dispatch.Config) {
+			c.BatchMaxWait = 20 * time.Millisecond
+			c.CallbackUsername, c.CallbackPassword = "cb-user", config.NewSecret("cb-pass")
+		}))
+	nc, ingest, dispatcher := s.NC, s.Ingest.Addrs, s.Dispatcher.AdminAddr
 
 	// Traffic: two valid devices and an invalid one.
 	cmd := `{"accountName":"0000123456-00001","smsrOid":"1.3.6.1.4.1.31746.1.500.200.101.5","devices":[` +

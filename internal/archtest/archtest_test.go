@@ -26,14 +26,16 @@ type layer struct {
 }
 
 var (
-	programs    = layer{"program", 4, []string{"cmd", "deploy", "internal/pipelinetest", "test"}}
+	programs = layer{"program", 5, []string{"cmd", "deploy", "internal/pipelinetest", "test"}}
+	// composition runs the programs' parts inside one process.
+	composition = layer{"composition", 4, []string{"internal/stack"}}
 	application = layer{"application", 3, []string{"internal/dispatch", "internal/callback"}}
 	adapters    = layer{"adapter", 2, []string{"internal/thingspace", "internal/simulator", "internal/broker",
 		"internal/correlation", "internal/ratelimit"}}
 	models = layer{"model", 1, []string{"internal/device", "internal/command", "internal/status", "internal/batch", "internal/order"}}
 	leaves = layer{"leaf", 0, []string{"schemas", "internal/config", "internal/observability", "internal/natstest", "internal/testkit", "internal/archtest"}}
 
-	layers = []layer{programs, application, adapters, models, leaves}
+	layers = []layer{programs, composition, application, adapters, models, leaves}
 
 	// unlisted is the layer of a package no prefix names.
 	unlisted = adapters
@@ -111,8 +113,8 @@ func check(all []pkg) []string {
 				continue
 			}
 			if to.rank > from.rank {
-				bad = append(bad, fmt.Sprintf("%s (%s) imports %s (%s): imports go %s → %s → %s → %s → %s only",
-					r, from.name, ir, to.name, programs.name, application.name, adapters.name, models.name, leaves.name))
+				bad = append(bad, fmt.Sprintf("%s (%s) imports %s (%s): imports go %s → %s → %s → %s → %s → %s only",
+					r, from.name, ir, to.name, programs.name, composition.name, application.name, adapters.name, models.name, leaves.name))
 			}
 		}
 		for _, dep := range p.Deps {
@@ -239,7 +241,7 @@ func TestTheRulesCatchWhatTheyMustAndPassTheRest(t *testing.T) {
 			p("internal/status", "internal/broker"), p("internal/broker"),
 		}, []string{
 			"internal/status (model) depends on internal/broker: a model depends on models and schemas only",
-			"internal/status (model) imports internal/broker (adapter): imports go program → application → adapter → model → leaf only",
+			"internal/status (model) imports internal/broker (adapter): imports go program → composition → application → adapter → model → leaf only",
 		}},
 		{"a model importing a leaf other than schemas", []pkg{
 			p("internal/batch", "internal/observability"), p("internal/observability"),
@@ -253,13 +255,13 @@ func TestTheRulesCatchWhatTheyMustAndPassTheRest(t *testing.T) {
 		}},
 		{"an adapter importing the application", []pkg{
 			p("internal/thingspace", "internal/dispatch"), p("internal/dispatch"),
-		}, []string{"internal/thingspace (adapter) imports internal/dispatch (application): imports go program → application → adapter → model → leaf only"}},
+		}, []string{"internal/thingspace (adapter) imports internal/dispatch (application): imports go program → composition → application → adapter → model → leaf only"}},
 		{"an unlisted package counts as an adapter", []pkg{
 			p("internal/command", "internal/reports"), p("internal/reports", "internal/callback"), p("internal/callback"),
 		}, []string{
 			"internal/command (model) depends on internal/reports: a model depends on models and schemas only",
-			"internal/command (model) imports internal/reports (adapter): imports go program → application → adapter → model → leaf only",
-			"internal/reports (adapter) imports internal/callback (application): imports go program → application → adapter → model → leaf only",
+			"internal/command (model) imports internal/reports (adapter): imports go program → composition → application → adapter → model → leaf only",
+			"internal/reports (adapter) imports internal/callback (application): imports go program → composition → application → adapter → model → leaf only",
 		}},
 		{"a package importing a program", []pkg{
 			p("internal/dispatch", "cmd/esimctl"), p("cmd/esimctl"),

@@ -1,20 +1,17 @@
 package dispatch_test
 
 import (
-	"context"
-	"net/http/httptest"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
 
-	"github.com/esim-pipeline/thingspace-esim/internal/broker"
 	"github.com/esim-pipeline/thingspace-esim/internal/dispatch"
 	"github.com/esim-pipeline/thingspace-esim/internal/natstest"
+	"github.com/esim-pipeline/thingspace-esim/internal/pipelinetest"
 	"github.com/esim-pipeline/thingspace-esim/internal/simulator"
 	"github.com/esim-pipeline/thingspace-esim/internal/status"
 )
@@ -30,23 +27,14 @@ func TestAFleetOnAClusterBehavesAsOne(t *testing.T) {
 		t.Skip("three-node cluster")
 	}
 	cluster := natstest.RunCluster(t, 3)
-	sim, err := simulator.New(simulator.Config{Faults: simulator.Faults{RatePerMinute: -1}, Seed: 3, Logger: zerolog.Nop(), HistoryLimit: 100000})
-	require.NoError(t, err)
-	sim.Start()
-	hs := httptest.NewServer(sim.Handler())
-	t.Cleanup(func() { hs.Close(); sim.Close() })
-
 	// The watcher and the producer talk to the third node, which stays up.
-	e := &env{t: t, ns: cluster.Servers[2], sim: sim, url: hs.URL}
-	e.nc, e.js = cluster.Servers[2].JetStream()
-	ctx := context.Background()
-	require.NoError(t, broker.Ensure(ctx, e.js, broker.StreamSettings{Replicas: 3}))
+	e := newEnv(t, simulator.Faults{}, pipelinetest.OnNATS(cluster.Servers[2]), pipelinetest.WithStreamReplicas(3),
+		pipelinetest.WithSimulator(simulator.Config{Faults: simulator.Faults{RatePerMinute: -1}, Seed: 3, HistoryLimit: 100000}))
 	e.watch()
 
 	const rate = 10
 	cfg := e.config(func(c *dispatch.Config) {
 		c.NATS.URL = cluster.URL()
-		c.StreamReplicas = 3
 		c.Rate = rate
 		c.RateShared = true
 		c.BatchMaxDevices = 50
@@ -112,7 +100,7 @@ func TestAFleetOnAClusterBehavesAsOne(t *testing.T) {
 
 	perSecond := map[int64]int{}
 	seen := map[string][]string{}
-	for _, c := range sim.Calls() {
+	for _, c := range e.sim.Calls() {
 		if !strings.Contains(c.Path, "/profile/actions/") {
 			continue
 		}
@@ -137,7 +125,7 @@ func TestAFleetOnAClusterBehavesAsOne(t *testing.T) {
 		// not stored yet): a step repeated at once, never one out of order.
 		got := slices.Compact(slices.Clone(seen[iccid(d)]))
 		if !slices.Equal(steps, got) {
-			for _, c := range sim.Calls() {
+			for _, c := range e.sim.Calls() {
 				for _, ids := range c.Devices {
 					for _, id := range ids {
 						if id.ID == iccid(d) {
@@ -162,6 +150,6 @@ func TestAFleetOnAClusterBehavesAsOne(t *testing.T) {
 			twice++
 		}
 	}
-	t.Logf("fleet of 3 on 3 nodes: %d commands, %d calls, %d devices sent twice after the stops", total, len(sim.Calls()), twice)
+	t.Logf("fleet of 3 on 3 nodes: %d commands, %d calls, %d devices sent twice after the stops", total, len(e.sim.Calls()), twice)
 	require.LessOrEqual(t, twice, cfg.BatchMaxDevices, "at most the batch in flight at a stop is sent again")
 }

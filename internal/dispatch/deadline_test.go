@@ -1,15 +1,12 @@
 package dispatch_test
 
 import (
-	"context"
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
 
 	"github.com/esim-pipeline/thingspace-esim/internal/callback"
-	"github.com/esim-pipeline/thingspace-esim/internal/config"
 	"github.com/esim-pipeline/thingspace-esim/internal/dispatch"
 	"github.com/esim-pipeline/thingspace-esim/internal/simulator"
 	"github.com/esim-pipeline/thingspace-esim/internal/status"
@@ -19,27 +16,7 @@ import (
 // callback URL.
 func (e *env) startIngest() string {
 	e.t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan callback.Addrs, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- callback.Run(ctx, callback.Config{
-			NATS:             config.NATS{URL: e.ns.URL()},
-			ListenAddr:       "127.0.0.1:0",
-			MetricsAddr:      "127.0.0.1:0",
-			CorrelationGrace: 5 * time.Second,
-		}, zerolog.Nop(), callback.OnReady(func(a callback.Addrs) { ready <- a }))
-	}()
-	e.t.Cleanup(func() { cancel(); <-done })
-	select {
-	case a := <-ready:
-		return "http://" + a.Callback + "/callbacks"
-	case err := <-done:
-		e.t.Fatalf("ingest ended: %v", err)
-	case <-time.After(30 * time.Second):
-		e.t.Fatal("ingest not ready")
-	}
-	return ""
+	return e.StartIngest(func(c *callback.Config) { c.CorrelationGrace = 5 * time.Second }).CallbackURL()
 }
 
 // TestLateCallbacksAreReconciledEvenAcrossARestart: devices whose final

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -16,46 +15,52 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
 
 	"github.com/esim-pipeline/thingspace-esim/internal/broker"
 	"github.com/esim-pipeline/thingspace-esim/internal/command"
-	"github.com/esim-pipeline/thingspace-esim/internal/config"
 	"github.com/esim-pipeline/thingspace-esim/internal/device"
 	"github.com/esim-pipeline/thingspace-esim/internal/dispatch"
 	"github.com/esim-pipeline/thingspace-esim/internal/natstest"
+	"github.com/esim-pipeline/thingspace-esim/internal/pipelinetest"
 	"github.com/esim-pipeline/thingspace-esim/internal/simulator"
 	"github.com/esim-pipeline/thingspace-esim/internal/status"
 )
 
-// env is one embedded NATS server and one simulator, shared by the
-// dispatchers a test starts.
+// env is one pipelinetest stack (NATS and the simulator, no services),
+// shared by the dispatchers a test starts, and the status events seen.
 type env struct {
+	*pipelinetest.Stack
 	t   *testing.T
 	ns  *natstest.Server
 	nc  *nats.Conn
 	js  jetstream.JetStream
 	sim *simulator.Server
-	url string
 
 	mu     sync.Mutex
 	events []status.Event
 	front  func(w http.ResponseWriter, r *http.Request, body []byte) bool
 }
 
-func newEnv(t *testing.T, faults simulator.Faults) *env {
+func newEnv(t *testing.T, faults simulator.Faults, opts ...pipelinetest.Option) *env {
 	t.Helper()
-	ns := natstest.Run(t)
-	nc, js := ns.JetStream()
 	if faults.RatePerMinute == 0 {
 		faults.RatePerMinute = -1
 	}
-	sim, err := simulator.New(simulator.Config{Faults: faults, Seed: 7, Logger: zerolog.Nop()})
-	require.NoError(t, err)
-	sim.Start()
-	e := &env{t: t, ns: ns, nc: nc, js: js, sim: sim}
-	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	e := &env{t: t}
+	e.Stack = pipelinetest.Start(t, append([]pipelinetest.Option{
+		pipelinetest.WithSimulator(simulator.Config{Faults: faults, Seed: 7}),
+		pipelinetest.WithFront(e.inFront),
+		pipelinetest.WithoutIngest(), pipelinetest.WithoutDispatcher(),
+	}, opts...)...)
+	e.ns, e.nc, e.js, e.sim = e.NATS, e.NC, e.JS, e.Sim.Server
+	return e
+}
+
+// inFront passes a request to the function intercept set, and to next
+// unless it answered.
+func (e *env) inFront(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		e.mu.Lock()
 		front := e.front
 		e.mu.Unlock()
@@ -66,11 +71,8 @@ func newEnv(t *testing.T, faults simulator.Faults) *env {
 			}
 			r.Body = io.NopCloser(bytes.NewReader(body))
 		}
-		sim.Handler().ServeHTTP(w, r)
-	}))
-	t.Cleanup(func() { hs.Close(); sim.Close() })
-	e.url = hs.URL
-	return e
+		next.ServeHTTP(w, r)
+	})
 }
 
 // intercept puts f in front of the simulator: a request f answers (it
@@ -85,24 +87,9 @@ func (e *env) intercept(f func(w http.ResponseWriter, r *http.Request, body []by
 // isAction reports a profile-action call.
 func isAction(r *http.Request) bool { return strings.Contains(r.URL.Path, "/profile/actions/") }
 
-func (e *env) config(mut func(*dispatch.Config)) dispatch.Config {
-	cfg := dispatch.Config{
-		NATS:         config.NATS{URL: e.ns.URL()},
-		BaseURL:      e.url,
-		ClientID:     simulator.DemoClientID,
-		ClientSecret: config.NewSecret(simulator.DemoClientSecret),
-		Username:     simulator.DemoUsername,
-		Password:     config.NewSecret(simulator.DemoPassword),
-		Rate:         0, // unlimited unless a test says otherwise
-		BatchMaxWait: 50 * time.Millisecond,
-		MetricsAddr:  "127.0.0.1:0",
-		AckWait:      10 * time.Second,
-	}
-	if mut != nil {
-		mut(&cfg)
-	}
-	return cfg
-}
+// config is the stack's dispatcher configuration (no rate limit, no
+// callback URL) changed by mut.
+func (e *env) config(mut func(*dispatch.Config)) dispatch.Config { return e.DispatcherConfig(mut) }
 
 // start runs a dispatcher until the returned stop is called; stop waits for
 // Run to return and hands back its error.
@@ -115,36 +102,14 @@ func (e *env) start(cfg dispatch.Config) (stop func() error) {
 // startService is start, also handing back the service.
 func (e *env) startService(cfg dispatch.Config, opts ...dispatch.Option) (stop func() error, svc *dispatch.Service) {
 	e.t.Helper()
-	started := make(chan struct{})
-	svc, err := dispatch.New(cfg, zerolog.New(zerolog.NewTestWriter(e.t)).Level(zerolog.WarnLevel),
-		append(opts, dispatch.WithStarted(func(string) { close(started) }))...)
-	require.NoError(e.t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(ctx) }()
-	select {
-	case <-started:
-	case err := <-done:
-		e.t.Fatalf("dispatcher ended before it was ready: %v", err)
-	case <-time.After(30 * time.Second):
-		e.t.Fatal("dispatcher not ready")
-	}
-	var once sync.Once
-	var runErr error
-	stop = func() error {
-		once.Do(func() { cancel(); runErr = <-done })
-		return runErr
-	}
-	e.t.Cleanup(func() { _ = stop() })
-	return stop, svc
+	d := e.StartDispatcher(func(c *dispatch.Config) { *c = cfg }, opts...)
+	return d.Stop, d.Service
 }
 
 // watch collects every status event from now on.
 func (e *env) watch() {
 	e.t.Helper()
-	ctx := context.Background()
-	require.NoError(e.t, broker.Ensure(ctx, e.js, broker.StreamSettings{}))
-	cons, err := e.js.OrderedConsumer(ctx, broker.StatusStream, jetstream.OrderedConsumerConfig{})
+	cons, err := e.js.OrderedConsumer(context.Background(), broker.StatusStream, jetstream.OrderedConsumerConfig{})
 	require.NoError(e.t, err)
 	cc, err := cons.Consume(func(m jetstream.Msg) {
 		var ev status.Event

@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
@@ -27,10 +28,7 @@ type ThingSpace interface {
 // Option changes how a Service is built.
 type Option func(*Service)
 
-// WithThingSpace replaces the ThingSpace client built from the config.
-func WithThingSpace(ts ThingSpace) Option { return func(s *Service) { s.ts = ts } }
-
-// WithLimiter replaces the rate limiter built from the config.
+// WithLimiter replaces the rate limiter the config chooses.
 func WithLimiter(l ratelimit.Limiter) Option { return func(s *Service) { s.limiter = l } }
 
 // WithRegistry registers metrics on reg instead of a new registry.
@@ -41,19 +39,20 @@ func WithRegistry(reg *prometheus.Registry) Option { return func(s *Service) { s
 // for a host whose clock runs ahead.
 func WithClock(now func() time.Time) Option { return func(s *Service) { s.clock = now } }
 
-// WithStarted is called once the service is ready, with its admin address.
-func WithStarted(f func(adminAddr string)) Option { return func(s *Service) { s.started = f } }
+// OnReady is called once the streams, the consumer and the limiter are
+// set up, before the first command is taken.
+func OnReady(f func()) Option { return func(s *Service) { s.ready = f } }
 
-// Service is one dispatcher process: Run connects its parts (NATS, the
-// admin listener, the ThingSpace client, the rate limiter, the streams)
-// and runs the dispatcher on them.
+// Service is the dispatcher on the parts its program wired: a NATS
+// connection and a ThingSpace client (cmd/dispatcher's run builds them).
 type Service struct {
 	cfg     Config
 	log     zerolog.Logger
+	nc      *nats.Conn
 	ts      ThingSpace
 	limiter ratelimit.Limiter
 	reg     *prometheus.Registry
-	started func(string)
+	ready   func()
 	clock   func() time.Time
 	batches atomic.Int64
 }
@@ -67,12 +66,12 @@ type Stats struct {
 // Stats reports what this dispatcher has done so far.
 func (s *Service) Stats() Stats { return Stats{Batches: s.batches.Load()} }
 
-// New checks cfg and builds a dispatcher; Run starts it.
-func New(cfg Config, log zerolog.Logger, opts ...Option) (*Service, error) {
+// New checks cfg and builds a dispatcher on nc and ts; Run starts it.
+func New(cfg Config, nc *nats.Conn, ts ThingSpace, log zerolog.Logger, opts ...Option) (*Service, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Service{cfg: cfg, log: log}
+	s := &Service{cfg: cfg, log: log, nc: nc, ts: ts}
 	for _, o := range opts {
 		o(s)
 	}
@@ -82,52 +81,36 @@ func New(cfg Config, log zerolog.Logger, opts ...Option) (*Service, error) {
 	if s.limiter == nil && !cfg.RateShared {
 		s.limiter = ratelimit.NewLocal(cfg.Rate, cfg.Burst)
 	}
-	if s.ts == nil {
-		c, err := thingspace.New(thingspace.Config{
-			BaseURL:      cfg.BaseURL,
-			ClientID:     cfg.ClientID,
-			ClientSecret: cfg.ClientSecret.Reveal(),
-			Username:     cfg.Username,
-			Password:     cfg.Password.Reveal(),
-			Timeout:      cfg.HTTPTimeout,
-			Logger:       log.With().Str(observability.FieldComponent, "thingspace").Logger(),
-		})
-		if err != nil {
-			return nil, err
-		}
-		s.ts = c
-	}
 	return s, nil
+}
+
+// ThingSpace is the client configuration these settings give.
+func (c Config) ThingSpace(log zerolog.Logger) thingspace.Config {
+	return thingspace.Config{
+		BaseURL:      c.BaseURL,
+		ClientID:     c.ClientID,
+		ClientSecret: c.ClientSecret.Reveal(),
+		Username:     c.Username,
+		Password:     c.Password.Reveal(),
+		Timeout:      c.HTTPTimeout,
+		Logger:       log.With().Str(observability.FieldComponent, "thingspace").Logger(),
+	}
 }
 
 // PriorityGroup is the dispatcher consumer's pinned priority group.
 const PriorityGroup = "dispatch"
 
-// Run connects, creates the streams and the consumer, and dispatches until
-// ctx ends; then it stops as the package's rule 4 says and returns nil.
+// Run creates the streams and the consumer and dispatches until ctx ends;
+// then it stops as the package's rule 4 says and returns nil. The caller
+// drains and closes the connection afterwards.
 func (s *Service) Run(ctx context.Context) error {
-	nc, err := broker.Connect(ctx, s.cfg.NATS, "esim-dispatcher", s.log)
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	ready := broker.NewReadiness(nc)
 	// An async publish whose ack never comes (a stream leader lost with it
 	// in flight) must fail and be sent again, not hang its batch forever.
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096), jetstream.WithPublishAsyncTimeout(publishTimeout))
+	js, err := jetstream.New(s.nc, jetstream.WithPublishAsyncMaxPending(4096), jetstream.WithPublishAsyncTimeout(publishTimeout))
 	if err != nil {
 		return err
 	}
-	admin, err := observability.Listen(s.cfg.MetricsAddr, observability.AdminMux(s.reg, ready.Check), s.log)
-	if err != nil {
-		return fmt.Errorf("METRICS_ADDR %s: %w", s.cfg.MetricsAddr, err)
-	}
-	adminCtx, stopAdmin := context.WithCancel(context.WithoutCancel(ctx))
-	adminDone := make(chan error, 1)
-	go func() { adminDone <- admin.Serve(adminCtx, 5*time.Second) }()
-	defer func() { stopAdmin(); <-adminDone }()
-
-	pl, err := newPuller(nc, js)
+	pl, err := newPuller(s.nc, js)
 	if err != nil {
 		return err
 	}
@@ -141,15 +124,10 @@ func (s *Service) Run(ctx context.Context) error {
 		}
 		return err
 	}
-	ready.SetReady()
-	s.log.Info().Str("admin_addr", admin.Addr()).Msg("dispatcher ready")
-	if s.started != nil {
-		s.started(admin.Addr())
+	if s.ready != nil {
+		s.ready()
 	}
 	err = d.run(ctx)
-	if err := nc.Drain(); err != nil {
-		s.log.Warn().Err(err).Msg("drain")
-	}
 	s.log.Info().Msg("dispatcher stopped")
 	return err
 }

@@ -41,7 +41,11 @@ type stack struct {
 }
 
 func wrap(t *testing.T, p *pipelinetest.Stack) *stack {
-	return &stack{t: t, ns: p.NATS, nc: p.NC, js: p.JS, sim: p.Sim, dir: t.TempDir()}
+	s := &stack{t: t, ns: p.NATS, nc: p.NC, js: p.JS, dir: t.TempDir()}
+	if p.Sim != nil {
+		s.sim = p.Sim.Server
+	}
+	return s
 }
 
 // natsOnly is embedded NATS with the pipeline's streams and no services:

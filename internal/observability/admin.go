@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	stdlog "log"
 	"net"
 	"net/http"
@@ -140,4 +141,33 @@ func (s *Server) Serve(ctx context.Context, grace time.Duration) error {
 		err = e
 	}
 	return err
+}
+
+// Admin is a program's admin listener (AdminMux's routes) serving in the
+// background until Stop.
+type Admin struct {
+	srv  *Server
+	stop context.CancelFunc
+	done chan error
+}
+
+// StartAdmin binds addr and serves AdminMux(reg, ready) on it.
+func StartAdmin(addr string, reg *prometheus.Registry, ready ReadyFunc, log zerolog.Logger) (*Admin, error) {
+	srv, err := Listen(addr, AdminMux(reg, ready), log)
+	if err != nil {
+		return nil, fmt.Errorf("METRICS_ADDR %s: %w", addr, err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	a := &Admin{srv: srv, stop: stop, done: make(chan error, 1)}
+	go func() { a.done <- srv.Serve(ctx, 5*time.Second) }()
+	return a, nil
+}
+
+// Addr is the bound address.
+func (a *Admin) Addr() string { return a.srv.Addr() }
+
+// Stop shuts the listener down gracefully and waits for it.
+func (a *Admin) Stop() error {
+	a.stop()
+	return <-a.done
 }

@@ -9,8 +9,8 @@ package pipelinetest
 import (
 	"context"
 	"encoding/json"
-	"net/http/httptest"
-	"sync"
+	"io"
+	"net/http"
 	"testing"
 	"time"
 
@@ -26,6 +26,7 @@ import (
 	"github.com/esim-pipeline/thingspace-esim/internal/dispatch"
 	"github.com/esim-pipeline/thingspace-esim/internal/natstest"
 	"github.com/esim-pipeline/thingspace-esim/internal/simulator"
+	"github.com/esim-pipeline/thingspace-esim/internal/stack"
 	"github.com/esim-pipeline/thingspace-esim/internal/status"
 )
 
@@ -38,20 +39,28 @@ const (
 // Stack is a running pipeline. Everything it started stops at the test's
 // cleanup.
 type Stack struct {
-	t      testing.TB
-	NATS   *natstest.Server
-	NC     *nats.Conn
-	JS     jetstream.JetStream
-	Sim    *simulator.Server
-	SimURL string
-	Ingest callback.Addrs
+	t    testing.TB
+	NATS *natstest.Server
+	NC   *nats.Conn
+	JS   jetstream.JetStream
+	Sim  *stack.Simulator // nil with NATSOnly
+	// Ingest and Dispatcher are the ones Start started (nil with NATSOnly
+	// or without them).
+	Ingest     *stack.Ingest
+	Dispatcher *stack.Dispatcher
+	log        zerolog.Logger
+	opts       options
 }
 
 type options struct {
-	services bool
-	sim      simulator.Config
-	ingest   []func(*callback.Config)
-	disp     []func(*dispatch.Config)
+	sim, ingest, dispatcher bool
+	simCfg                  simulator.Config
+	front                   func(http.Handler) http.Handler
+	ingestCfg               []func(*callback.Config)
+	dispCfg                 []func(*dispatch.Config)
+	nats                    *natstest.Server
+	replicas                int
+	logTo                   io.Writer
 }
 
 // Option changes what Start starts.
@@ -59,100 +68,151 @@ type Option func(*options)
 
 // NATSOnly starts embedded NATS with the pipeline's streams and nothing
 // else.
-func NATSOnly() Option { return func(o *options) { o.services = false } }
+func NATSOnly() Option {
+	return func(o *options) { o.sim, o.ingest, o.dispatcher = false, false, false }
+}
+
+// WithoutDispatcher starts no dispatcher (a test starts its own with
+// StartDispatcher).
+func WithoutDispatcher() Option { return func(o *options) { o.dispatcher = false } }
+
+// WithoutIngest starts no callback-ingest; the dispatcher registers no
+// callback URL.
+func WithoutIngest() Option { return func(o *options) { o.ingest = false } }
+
+// OnNATS runs the stack on a server the test started.
+func OnNATS(ns *natstest.Server) Option { return func(o *options) { o.nats = ns } }
+
+// WithStreamReplicas creates the streams with n replicas (on a cluster
+// given with OnNATS), and the dispatchers with STREAM_REPLICAS n.
+func WithStreamReplicas(n int) Option { return func(o *options) { o.replicas = n } }
+
+// WithLog writes every part's log to w at debug level, instead of the
+// test's log at warn.
+func WithLog(w io.Writer) Option { return func(o *options) { o.logTo = w } }
 
 // WithSimulator configures the simulator (default: no rate limit, seed 7).
-func WithSimulator(cfg simulator.Config) Option { return func(o *options) { o.sim = cfg } }
+func WithSimulator(cfg simulator.Config) Option { return func(o *options) { o.simCfg = cfg } }
 
-// WithIngest changes the ingest's configuration before it starts.
+// WithFront puts wrap in front of the simulator's handler: ThingSpace is the
+// one part a test may fake, and only where the simulator has no knob.
+func WithFront(wrap func(http.Handler) http.Handler) Option {
+	return func(o *options) { o.front = wrap }
+}
+
+// WithIngest changes the ingest's configuration before it starts; it
+// applies to every ingest the stack starts.
 func WithIngest(f func(*callback.Config)) Option {
-	return func(o *options) { o.ingest = append(o.ingest, f) }
+	return func(o *options) { o.ingestCfg = append(o.ingestCfg, f) }
 }
 
-// WithDispatcher changes the dispatcher's configuration before it starts.
+// WithDispatcher changes the dispatcher's configuration before it starts;
+// it applies to every dispatcher the stack starts.
 func WithDispatcher(f func(*dispatch.Config)) Option {
-	return func(o *options) { o.disp = append(o.disp, f) }
+	return func(o *options) { o.dispCfg = append(o.dispCfg, f) }
 }
 
-// Start starts the stack and waits until both services are ready.
+// Start starts the stack and waits until its parts are ready.
 func Start(t testing.TB, opts ...Option) *Stack {
 	t.Helper()
-	o := options{services: true, sim: simulator.Config{Faults: simulator.Faults{RatePerMinute: -1}, Seed: 7}}
+	o := options{sim: true, ingest: true, dispatcher: true,
+		simCfg: simulator.Config{Faults: simulator.Faults{RatePerMinute: -1}, Seed: 7}}
 	for _, opt := range opts {
 		opt(&o)
 	}
-	ns := natstest.Run(t)
+	ns := o.nats
+	if ns == nil {
+		ns = natstest.Run(t)
+	}
 	nc, js := ns.JetStream()
-	require.NoError(t, broker.Ensure(context.Background(), js, broker.StreamSettings{}))
-	s := &Stack{t: t, NATS: ns, NC: nc, JS: js}
-	if !o.services {
+	require.NoError(t, broker.Ensure(context.Background(), js, broker.StreamSettings{Replicas: o.replicas}))
+	s := &Stack{t: t, NATS: ns, NC: nc, JS: js, opts: o,
+		log: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)}
+	if o.logTo != nil {
+		s.log = zerolog.New(o.logTo).Level(zerolog.DebugLevel)
+	}
+	if !o.sim {
 		return s
 	}
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
-	o.sim.Logger = log
-	sim, err := simulator.New(o.sim)
+	cfg := o.simCfg
+	cfg.Logger = s.log
+	sim, err := stack.StartSimulator(cfg, "127.0.0.1:0", o.front)
 	require.NoError(t, err)
-	sim.Start()
-	hs := httptest.NewServer(sim.Handler())
-	t.Cleanup(func() { hs.Close(); sim.Close() })
-	s.Sim, s.SimURL = sim, hs.URL
+	t.Cleanup(func() { _ = sim.Stop() })
+	s.Sim = sim
+	if o.ingest {
+		s.Ingest = s.StartIngest(nil)
+	}
+	if o.dispatcher {
+		s.Dispatcher = s.StartDispatcher(nil)
+	}
+	return s
+}
 
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	t.Cleanup(func() { cancel(); wg.Wait() })
-
-	icfg := callback.Config{
-		NATS: config.NATS{URL: ns.URL()}, ListenAddr: "127.0.0.1:0", MetricsAddr: "127.0.0.1:0",
+// IngestConfig is the configuration StartIngest starts with: test
+// settings, the stack's WithIngest changes, then mut's.
+func (s *Stack) IngestConfig(mut func(*callback.Config)) callback.Config {
+	cfg := callback.Config{
+		NATS: config.NATS{URL: s.NATS.URL()}, ListenAddr: "127.0.0.1:0", MetricsAddr: "127.0.0.1:0",
 		CorrelationGrace: 30 * time.Second, RetryDelay: 50 * time.Millisecond, Workers: 8,
 		StoreTimeout: 5 * time.Second, ShutdownGrace: 5 * time.Second,
 	}
-	for _, f := range o.ingest {
-		f(&icfg)
+	for _, f := range append(s.opts.ingestCfg, mut) {
+		if f != nil {
+			f(&cfg)
+		}
 	}
-	ready := make(chan callback.Addrs, 1)
-	ingestDone := make(chan error, 1)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		ingestDone <- callback.Run(ctx, icfg, log, callback.OnReady(func(a callback.Addrs) { ready <- a }))
-	}()
-	select {
-	case s.Ingest = <-ready:
-	case err := <-ingestDone:
-		t.Fatalf("callback-ingest stopped at start: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("callback-ingest not ready within 30s")
-	}
+	return cfg
+}
 
-	dcfg := dispatch.Config{
-		NATS:         config.NATS{URL: ns.URL()},
-		BaseURL:      hs.URL,
-		ClientID:     simulator.DemoClientID,
-		ClientSecret: config.NewSecret(simulator.DemoClientSecret),
-		Username:     simulator.DemoUsername,
-		Password:     config.NewSecret(simulator.DemoPassword),
-		BatchMaxWait: 50 * time.Millisecond,
-		MetricsAddr:  "127.0.0.1:0",
-		AckWait:      10 * time.Second,
-		CallbackURL:  "http://" + s.Ingest.Callback + "/callbacks",
+// StartIngest starts a callback-ingest of IngestConfig(mut); it stops at
+// the test's cleanup, or at its Stop.
+func (s *Stack) StartIngest(mut func(*callback.Config), opts ...callback.Option) *stack.Ingest {
+	s.t.Helper()
+	in, err := stack.StartIngest(s.IngestConfig(mut), s.log, opts...)
+	require.NoError(s.t, err)
+	s.t.Cleanup(func() { _ = in.Stop() })
+	return in
+}
+
+// DispatcherConfig is the configuration StartDispatcher starts with: test
+// settings (no rate limit, 50 ms batches, the simulator's demo
+// credentials, the stack's ingest as callback URL), the stack's
+// WithDispatcher changes, then mut's.
+func (s *Stack) DispatcherConfig(mut func(*dispatch.Config)) dispatch.Config {
+	cfg := dispatch.Config{
+		NATS:           config.NATS{URL: s.NATS.URL()},
+		ClientID:       simulator.DemoClientID,
+		ClientSecret:   config.NewSecret(simulator.DemoClientSecret),
+		Username:       simulator.DemoUsername,
+		Password:       config.NewSecret(simulator.DemoPassword),
+		BatchMaxWait:   50 * time.Millisecond,
+		MetricsAddr:    "127.0.0.1:0",
+		AckWait:        10 * time.Second,
+		StreamReplicas: s.opts.replicas,
 	}
-	for _, f := range o.disp {
-		f(&dcfg)
+	if s.Sim != nil {
+		cfg.BaseURL = s.Sim.URL
 	}
-	started := make(chan struct{})
-	svc, err := dispatch.New(dcfg, log, dispatch.WithStarted(func(string) { close(started) }))
-	require.NoError(t, err)
-	dispDone := make(chan error, 1)
-	wg.Add(1)
-	go func() { defer wg.Done(); dispDone <- svc.Run(ctx) }()
-	select {
-	case <-started:
-	case err := <-dispDone:
-		t.Fatalf("dispatcher stopped at start: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("dispatcher not ready within 30s")
+	if s.Ingest != nil {
+		cfg.CallbackURL = s.Ingest.CallbackURL()
 	}
-	return s
+	for _, f := range append(s.opts.dispCfg, mut) {
+		if f != nil {
+			f(&cfg)
+		}
+	}
+	return cfg
+}
+
+// StartDispatcher starts a dispatcher of DispatcherConfig(mut); it stops
+// at the test's cleanup, or at its Stop.
+func (s *Stack) StartDispatcher(mut func(*dispatch.Config), opts ...dispatch.Option) *stack.Dispatcher {
+	s.t.Helper()
+	d, err := stack.StartDispatcher(s.DispatcherConfig(mut), s.log, opts...)
+	require.NoError(s.t, err)
+	s.t.Cleanup(func() { _ = d.Stop() })
+	return d
 }
 
 // Publish stores a command for action and returns its stream sequence.
