@@ -15,7 +15,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
 
 	"github.com/esim-pipeline/thingspace-esim/internal/broker"
@@ -23,6 +22,7 @@ import (
 	"github.com/esim-pipeline/thingspace-esim/internal/config"
 	"github.com/esim-pipeline/thingspace-esim/internal/correlation"
 	"github.com/esim-pipeline/thingspace-esim/internal/natstest"
+	"github.com/esim-pipeline/thingspace-esim/internal/pipelinetest"
 	"github.com/esim-pipeline/thingspace-esim/internal/status"
 	"github.com/esim-pipeline/thingspace-esim/internal/testkit"
 )
@@ -42,8 +42,7 @@ type stack struct {
 	js     jetstream.JetStream
 	addrs  callback.Addrs
 	store  *correlation.Store
-	cancel context.CancelFunc
-	done   chan error
+	ingest interface{ Stop() error }
 	logs   *testkit.SyncBuffer
 	client *http.Client
 	scheme string // of the callback listener: http, or https with TLS
@@ -52,43 +51,24 @@ type stack struct {
 // startStack runs the service with test settings changed by mutate.
 func startStack(t testing.TB, mutate func(*callback.Config)) *stack {
 	t.Helper()
-	ns := natstest.Run(t)
-	return startOn(t, ns, mutate)
+	return startOn(t, natstest.Run(t), mutate)
 }
 
+// startOn runs the service on ns, through pipelinetest's stack: NATS with
+// the pipeline's streams and the ingest, no simulator, no dispatcher.
 func startOn(t testing.TB, ns *natstest.Server, mutate func(*callback.Config)) *stack {
 	t.Helper()
-	cfg := callback.Config{
-		NATS:             config.NATS{URL: ns.URL()},
-		ListenAddr:       "127.0.0.1:0",
-		MetricsAddr:      "127.0.0.1:0",
-		Username:         testUser,
-		Password:         config.NewSecret(testPass),
-		CorrelationGrace: 30 * time.Second,
-		RetryDelay:       50 * time.Millisecond,
-		Workers:          4,
-		StoreTimeout:     2 * time.Second,
-		ShutdownGrace:    5 * time.Second,
-	}
-	if mutate != nil {
-		mutate(&cfg)
-	}
 	logs := &testkit.SyncBuffer{}
-	log := zerolog.New(logs).Level(zerolog.DebugLevel)
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan callback.Addrs, 1)
-	s := &stack{t: t, ns: ns, cancel: cancel, done: make(chan error, 1), logs: logs,
+	p := pipelinetest.Start(t, pipelinetest.NATSOnly(), pipelinetest.OnNATS(ns), pipelinetest.WithLog(logs))
+	in := p.StartIngest(func(c *callback.Config) {
+		c.Username, c.Password = testUser, config.NewSecret(testPass)
+		c.Workers, c.StoreTimeout = 4, 2*time.Second
+		if mutate != nil {
+			mutate(c)
+		}
+	})
+	s := &stack{t: t, ns: ns, nc: p.NC, js: p.JS, addrs: in.Addrs, ingest: in, logs: logs,
 		client: &http.Client{Timeout: 10 * time.Second}, scheme: "http"}
-	go func() { s.done <- callback.Run(ctx, cfg, log, callback.OnReady(func(a callback.Addrs) { ready <- a })) }()
-	select {
-	case s.addrs = <-ready:
-	case err := <-s.done:
-		t.Fatalf("service stopped at start: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("service not ready within 30s")
-	}
-	t.Cleanup(func() { s.stop() })
-	s.nc, s.js = ns.JetStream()
 	st, err := correlation.Open(context.Background(), s.js)
 	require.NoError(t, err)
 	s.store = st
@@ -98,17 +78,7 @@ func startOn(t testing.TB, ns *natstest.Server, mutate func(*callback.Config)) *
 // stop ends the service and requires a clean stop; idempotent.
 func (s *stack) stop() {
 	s.t.Helper()
-	if s.cancel == nil {
-		return
-	}
-	s.cancel()
-	s.cancel = nil
-	select {
-	case err := <-s.done:
-		require.NoError(s.t, err, "Run must return nil after a graceful stop")
-	case <-time.After(30 * time.Second):
-		s.t.Fatal("service did not stop within 30s")
-	}
+	require.NoError(s.t, s.ingest.Stop(), "Run must return nil after a graceful stop")
 }
 
 func (s *stack) url(path string) string   { return s.scheme + "://" + s.addrs.Callback + path }

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/esim-pipeline/thingspace-esim/internal/broker"
+	"github.com/esim-pipeline/thingspace-esim/internal/pipelinetest"
 	"github.com/esim-pipeline/thingspace-esim/internal/simulator"
 )
 
@@ -26,8 +27,8 @@ func startCluster(t *testing.T) *cluster {
 	const size = 3
 	client, routes := make([]int, size), make([]string, size)
 	for i := range size {
-		client[i] = freePort(t)
-		routes[i] = "nats://" + addr(freePort(t))
+		client[i] = pipelinetest.FreePort(t)
+		routes[i] = fmt.Sprintf("nats://127.0.0.1:%d", pipelinetest.FreePort(t))
 	}
 	c := &cluster{servers: map[string]*server.Server{}}
 	for i := range size {
@@ -51,7 +52,7 @@ func startCluster(t *testing.T) *cluster {
 		s.Start()
 		t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
 		c.servers[name] = s
-		c.urls = append(c.urls, "nats://"+addr(client[i]))
+		c.urls = append(c.urls, fmt.Sprintf("nats://127.0.0.1:%d", client[i]))
 	}
 	for _, s := range c.servers {
 		require.True(t, s.ReadyForConnections(10*time.Second))
@@ -81,11 +82,11 @@ func TestClusterStreamLeaderLoss(t *testing.T) {
 	})
 	replicas := map[string]string{"STREAM_REPLICAS": "3"}
 	ing := newIngest(t, c.url(), replicas)
-	ing.start()
-	d := newDispatcher(t, c.url(), s.url, ing.callbackURL(), map[string]string{
+	ing.Start()
+	d := newDispatcher(t, c.url(), s.URL, ing.CallbackURL(), map[string]string{
 		"STREAM_REPLICAS": "3", "BATCH_MAX_DEVICES": "100", "THINGSPACE_RATE": "10",
 	})
-	d.start()
+	d.Start()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	st, err := js.Stream(ctx, broker.CommandStream)
@@ -135,7 +136,7 @@ func TestClusterStreamLeaderLoss(t *testing.T) {
 		}
 	}
 	require.LessOrEqual(t, twice, 300, "devices submitted twice (bound: MAX_HELD_COMMANDS = 3 batches of 100)")
-	require.False(t, ing.exited() || d.exited(), "a service exited")
+	require.False(t, ing.Exited() || d.Exited(), "a service exited")
 	t.Logf("FIGURE cluster, R3, leader %s of %s stopped after %d devices accepted: new leader %s in %s; "+
 		"%d devices submitted twice; %d callbacks answered, %d refused and resent, 0 lost; every command final %s after the stop",
 		leader, broker.CommandStream, atStop.DevicesAccept, newLeader, elected.Round(time.Millisecond), twice, answered, unanswered,

@@ -8,28 +8,30 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/esim-pipeline/thingspace-esim/internal/pipelinetest"
 	"github.com/esim-pipeline/thingspace-esim/internal/simulator"
+	"github.com/esim-pipeline/thingspace-esim/internal/stack"
 )
 
 // pipeline is one NATS server process, the simulator, an ingest and a
 // dispatcher, with the test's view of the status stream.
 type pipeline struct {
-	nats   *natsProc
-	sim    *sim
-	ingest *service
-	disp   *service
+	nats   *pipelinetest.NATSProcess
+	sim    *stack.Simulator
+	ingest *pipelinetest.Service
+	disp   *pipelinetest.Service
 	events *tally
 }
 
 func startPipeline(t *testing.T, simCfg simulator.Config, ingestEnv, dispEnv map[string]string) *pipeline {
 	t.Helper()
-	p := &pipeline{nats: startNATS(t)}
-	_, js := connect(t, p.nats.url())
+	p := &pipeline{nats: bins.StartNATS(t)}
+	_, js := connect(t, p.nats.URL())
 	ensureStreams(t, js, 1)
 	p.sim = startSim(t, simCfg)
-	p.ingest = newIngest(t, p.nats.url(), ingestEnv)
-	p.ingest.start()
-	p.disp = newDispatcher(t, p.nats.url(), p.sim.url, p.ingest.callbackURL(), dispEnv)
+	p.ingest = newIngest(t, p.nats.URL(), ingestEnv)
+	p.ingest.Start()
+	p.disp = newDispatcher(t, p.nats.URL(), p.sim.URL, p.ingest.CallbackURL(), dispEnv)
 	p.events = watchEvents(t, js, false)
 	// A device without its final event may be a callback ThingSpace gave up
 	// on (the ingest away for all its attempts) or one lost inside: the
@@ -44,7 +46,7 @@ func startPipeline(t *testing.T, simCfg simulator.Config, ingestEnv, dispEnv map
 
 // checkCallbacks asserts that every callback the ingest answered 2xx
 // became its event, and that no fact became two events.
-func checkCallbacks(t *testing.T, s *sim, tl *tally) (answered, unanswered int) {
+func checkCallbacks(t *testing.T, s *stack.Simulator, tl *tally) (answered, unanswered int) {
 	t.Helper()
 	require.Eventually(t, func() bool { return s.Stats().CallbacksPending == 0 }, time.Minute, 50*time.Millisecond,
 		"the simulator still has callbacks to send")
@@ -87,18 +89,18 @@ func TestDispatcherKilledUnderLoad(t *testing.T) {
 		ResendInterval: time.Second,
 		Faults:         simulator.Faults{Latency: 20 * time.Millisecond, RatePerMinute: -1, CallbackDelay: 50 * time.Millisecond},
 	}, nil, map[string]string{"BATCH_MAX_DEVICES": fmt.Sprint(batch), "MAX_HELD_COMMANDS": fmt.Sprint(maxAckPending)})
-	_, js := connect(t, p.nats.url())
+	_, js := connect(t, p.nats.URL())
 	ids := publishCommands(t, js, 1, n)
 
-	p.disp.start()
+	p.disp.Start()
 	require.Eventually(t, func() bool { return p.sim.Stats().ActionAccepted >= 5 }, time.Minute, 2*time.Millisecond)
-	p.disp.kill()
+	p.disp.Kill()
 	killedAt := time.Now()
 	atKill := p.sim.Stats()
 	acceptedEvents := p.events.countAccepted()
 	require.Less(t, int(atKill.DevicesAccept), n, "the kill came too late: everything was submitted")
 
-	p.disp.start()
+	p.disp.Start()
 	restarted := time.Since(killedAt)
 	waitFinal(t, p.events, ids, 3*time.Minute)
 	recovered := time.Since(killedAt)
@@ -135,15 +137,15 @@ func TestIngestKilledUnderCallbackLoad(t *testing.T) {
 		ResendInterval: time.Second,
 		Faults:         simulator.Faults{RatePerMinute: -1, CallbackDelay: 100 * time.Millisecond},
 	}, nil, map[string]string{"BATCH_MAX_DEVICES": "500"})
-	_, js := connect(t, p.nats.url())
+	_, js := connect(t, p.nats.URL())
 	ids := publishCommands(t, js, 2, n)
-	p.disp.start()
+	p.disp.Start()
 
 	require.Eventually(t, func() bool { return p.sim.Stats().CallbacksAnswered >= 800 }, time.Minute, 2*time.Millisecond)
-	p.ingest.kill()
+	p.ingest.Kill()
 	killedAt := time.Now()
 	answeredAtKill := p.sim.Stats().CallbacksAnswered
-	p.ingest.start()
+	p.ingest.Start()
 	down := time.Since(killedAt)
 
 	waitFinal(t, p.events, ids, 3*time.Minute)
@@ -166,12 +168,12 @@ func TestNATSKilledUnderLoad(t *testing.T) {
 		ResendInterval: 2 * time.Second,
 		Faults:         simulator.Faults{RatePerMinute: -1, Latency: 20 * time.Millisecond, CallbackDelay: 100 * time.Millisecond},
 	}, nil, map[string]string{"BATCH_MAX_DEVICES": "100", "THINGSPACE_RATE": "10"})
-	_, js := connect(t, p.nats.url())
+	_, js := connect(t, p.nats.URL())
 	ids := publishCommands(t, js, 3, n)
-	p.disp.start()
+	p.disp.Start()
 
 	require.Eventually(t, func() bool { return p.sim.Stats().CallbacksAnswered >= 500 }, time.Minute, 2*time.Millisecond)
-	p.nats.kill()
+	p.nats.Kill()
 	killedAt := time.Now()
 	atKill := p.sim.Stats()
 
@@ -181,14 +183,14 @@ func TestNATSKilledUnderLoad(t *testing.T) {
 	c := &http.Client{Timeout: 5 * time.Second}
 	for i := 0; i < 200 && time.Since(killedAt) < 2*time.Second; i++ {
 		body := fmt.Sprintf(`{"requestId":"probe-%d","status":"Success","deviceIds":[{"kind":"iccid","id":"8914800999%010d"}]}`, i, i)
-		codes[postCallback(c, p.ingest.callbackURL(), []byte(body))]++
+		codes[postCallback(c, p.ingest.CallbackURL(), []byte(body))]++
 		time.Sleep(10 * time.Millisecond) // pacing of the probes
 	}
-	p.nats.start()
+	p.nats.Start()
 	restartedAt := time.Now()
-	waitHTTP(t, p.ingest.proc, "http://"+addr(p.ingest.admin)+"/readyz", time.Minute)
+	p.ingest.WaitReady(time.Minute)
 	ingestBack := time.Since(restartedAt)
-	waitHTTP(t, p.disp.proc, "http://"+addr(p.disp.admin)+"/readyz", time.Minute)
+	p.disp.WaitReady(time.Minute)
 	dispBack := time.Since(restartedAt)
 
 	require.NotEmpty(t, codes)
@@ -197,7 +199,7 @@ func TestNATSKilledUnderLoad(t *testing.T) {
 	waitFinal(t, p.events, ids, 3*time.Minute)
 	recovered := time.Since(killedAt)
 	answered, unanswered := checkCallbacks(t, p.sim, p.events)
-	require.False(t, p.ingest.exited() || p.disp.exited(), "a service exited")
+	require.False(t, p.ingest.Exited() || p.disp.Exited(), "a service exited")
 	twice := 0
 	for _, k := range submissions(p.sim.Calls()) {
 		if k > 1 {

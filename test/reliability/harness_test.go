@@ -5,19 +5,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"net"
+	"maps"
 	"net/http"
-	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -29,51 +25,32 @@ import (
 	"github.com/esim-pipeline/thingspace-esim/internal/broker"
 	"github.com/esim-pipeline/thingspace-esim/internal/command"
 	"github.com/esim-pipeline/thingspace-esim/internal/device"
+	"github.com/esim-pipeline/thingspace-esim/internal/pipelinetest"
 	"github.com/esim-pipeline/thingspace-esim/internal/simulator"
+	"github.com/esim-pipeline/thingspace-esim/internal/stack"
 	"github.com/esim-pipeline/thingspace-esim/internal/status"
 )
 
 // bins are the programs TestMain builds once: the pinned nats-server of
 // go.mod and the two services, from this checkout.
-var bins struct{ nats, dispatcher, ingest string }
+var bins *pipelinetest.Binaries
 
 func TestMain(m *testing.M) {
 	if os.Getenv("RELIABILITY") == "" {
 		fmt.Println("reliability: skipped; `make test-chaos` runs these tests (RELIABILITY=1)")
 		os.Exit(0)
 	}
-	dir, err := os.MkdirTemp("", "reliability-bin-")
+	b, err := pipelinetest.BuildBinaries()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	bins.nats = filepath.Join(dir, "nats-server")
-	bins.dispatcher = filepath.Join(dir, "dispatcher")
-	bins.ingest = filepath.Join(dir, "callback-ingest")
-	var wg sync.WaitGroup
-	errs := make([]error, 3)
-	for i, b := range []struct{ out, pkg string }{
-		{bins.nats, "github.com/nats-io/nats-server/v2"},
-		{bins.dispatcher, "github.com/esim-pipeline/thingspace-esim/cmd/dispatcher"},
-		{bins.ingest, "github.com/esim-pipeline/thingspace-esim/cmd/callback-ingest"},
-	} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			out, err := exec.Command("go", "build", "-o", b.out, b.pkg).CombinedOutput()
-			if err != nil {
-				errs[i] = fmt.Errorf("go build %s: %w\n%s", b.pkg, err, out)
-			}
-		}()
+	if os.Getenv("RELIABILITY_KEEP_LOGS") != "" {
+		b.LogCopies = filepath.Join(os.TempDir(), "reliability-")
 	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		_ = os.RemoveAll(dir)
-		os.Exit(1)
-	}
+	bins = b
 	code := m.Run()
-	_ = os.RemoveAll(dir)
+	_ = b.Remove()
 	os.Exit(code)
 }
 
@@ -89,186 +66,6 @@ const (
 	smsrOid      = "1.3.6.1.4.1.31746.1.500.200.101.5"
 )
 
-// freePort picks a loopback port nobody listens on now.
-func freePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-func addr(port int) string { return "127.0.0.1:" + strconv.Itoa(port) }
-
-// ---- processes ----
-
-// proc is one program run by a test, its stdout and stderr in a log file.
-type proc struct {
-	t    testing.TB
-	name string
-	bin  string
-	args []string
-	env  []string
-	log  string // file every run appends to
-
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
-	runs int
-}
-
-// newProc describes a program; start runs it. The log file is kept in the
-// test's temp dir, and its tail is printed when the test fails.
-func newProc(t testing.TB, name, bin string, args, env []string) *proc {
-	t.Helper()
-	p := &proc{t: t, name: name, bin: bin, args: args, env: env, log: filepath.Join(t.TempDir(), name+".log")}
-	t.Cleanup(func() {
-		p.stop(10 * time.Second)
-		if t.Failed() {
-			p.dumpTail(40)
-		}
-		if os.Getenv("RELIABILITY_KEEP_LOGS") != "" {
-			_ = os.WriteFile(filepath.Join(os.TempDir(), "reliability-"+name+".log"), []byte(p.logText()), 0o644)
-		}
-	})
-	return p
-}
-
-// start runs the program (again); it must not be running.
-func (p *proc) start() {
-	p.t.Helper()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	require.Nil(p.t, p.cmd, "%s is already running", p.name)
-	f, err := os.OpenFile(p.log, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
-	require.NoError(p.t, err)
-	cmd := exec.Command(p.bin, p.args...)
-	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}, p.env...)
-	cmd.Stdout, cmd.Stderr = f, f
-	require.NoError(p.t, cmd.Start(), p.name)
-	p.runs++
-	done := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		_ = f.Close()
-		close(done)
-	}()
-	p.cmd, p.done = cmd, done
-}
-
-// kill sends SIGKILL and waits for the process to be gone.
-func (p *proc) kill() {
-	p.t.Helper()
-	p.mu.Lock()
-	cmd, done := p.cmd, p.done
-	p.cmd = nil
-	p.mu.Unlock()
-	require.NotNil(p.t, cmd, "%s is not running", p.name)
-	_ = cmd.Process.Signal(syscall.SIGKILL)
-	<-done
-}
-
-// stop sends SIGTERM and waits up to grace, then kills.
-func (p *proc) stop(grace time.Duration) {
-	p.mu.Lock()
-	cmd, done := p.cmd, p.done
-	p.cmd = nil
-	p.mu.Unlock()
-	if cmd == nil {
-		return
-	}
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-done:
-	case <-time.After(grace):
-		_ = cmd.Process.Signal(syscall.SIGKILL)
-		<-done
-	}
-}
-
-// exited reports whether a started run has ended by itself.
-func (p *proc) exited() bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.done == nil {
-		return false
-	}
-	select {
-	case <-p.done:
-		return p.cmd != nil
-	default:
-		return false
-	}
-}
-
-func (p *proc) logText() string {
-	b, _ := os.ReadFile(p.log)
-	return string(b)
-}
-
-// dumpTail prints the log's warn and error lines (the last n of them) and
-// its last n lines: a stop's many info lines would hide why it failed.
-func (p *proc) dumpTail(n int) {
-	lines := strings.Split(strings.TrimRight(p.logText(), "\n"), "\n")
-	var bad []string
-	for _, l := range lines {
-		if strings.Contains(l, `"level":"warn"`) || strings.Contains(l, `"level":"error"`) {
-			bad = append(bad, l)
-		}
-	}
-	last := func(ls []string) string { return strings.Join(ls[max(0, len(ls)-n):], "\n") }
-	p.t.Logf("---- warnings and errors of %s (%d, the last %d) ----\n%s", p.name, len(bad), min(n, len(bad)), last(bad))
-	p.t.Logf("---- last lines of %s (%s) ----\n%s", p.name, p.log, last(lines))
-}
-
-// waitHTTP polls url until it answers 200, failing if the process exits.
-func waitHTTP(t testing.TB, p *proc, url string, within time.Duration) {
-	t.Helper()
-	c := &http.Client{Timeout: time.Second}
-	require.Eventually(t, func() bool {
-		if p != nil && p.exited() {
-			return true // reported below
-		}
-		resp, err := c.Get(url)
-		if err != nil {
-			return false
-		}
-		_ = resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	}, within, 50*time.Millisecond, "%s never answered 200", url)
-	if p != nil {
-		require.False(t, p.exited(), "%s exited while starting", p.name)
-	}
-}
-
-// ---- nats-server ----
-
-// natsProc is the real nats-server as a process, on a fixed port and store
-// so that a restart finds its data.
-type natsProc struct {
-	*proc
-	port, mon int
-}
-
-func startNATS(t testing.TB) *natsProc {
-	t.Helper()
-	n := &natsProc{port: freePort(t), mon: freePort(t)}
-	n.proc = newProc(t, "nats-server", bins.nats, []string{
-		"-a", "127.0.0.1", "-p", strconv.Itoa(n.port), "-m", strconv.Itoa(n.mon),
-		"-js", "-sd", t.TempDir(), "-n", "reliability",
-	}, nil)
-	n.start()
-	return n
-}
-
-func (n *natsProc) start() {
-	n.t.Helper()
-	n.proc.start()
-	waitHTTP(n.t, n.proc, "http://"+addr(n.mon)+"/healthz?js-enabled-only=true", 30*time.Second)
-}
-
-func (n *natsProc) url() string { return "nats://" + addr(n.port) }
-
 // connect opens the test's own connection, reconnecting forever.
 func connect(t testing.TB, url string) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
@@ -281,21 +78,14 @@ func connect(t testing.TB, url string) (*nats.Conn, jetstream.JetStream) {
 	return nc, js
 }
 
-// ---- simulator ----
-
-type sim struct {
-	*simulator.Server
-	url string
-}
-
 // startSim runs the simulator in this process on 127.0.0.1:0.
-func startSim(t testing.TB, cfg simulator.Config) *sim {
+func startSim(t testing.TB, cfg simulator.Config) *stack.Simulator {
 	t.Helper()
 	return startSimWith(t, cfg, nil)
 }
 
 // startSimWith is startSim with the simulator's handler wrapped.
-func startSimWith(t testing.TB, cfg simulator.Config, wrap func(http.Handler) http.Handler) *sim {
+func startSimWith(t testing.TB, cfg simulator.Config, wrap func(http.Handler) http.Handler) *stack.Simulator {
 	t.Helper()
 	if cfg.ClientSecret == "" {
 		cfg.ClientID, cfg.ClientSecret, cfg.Username, cfg.Password = clientID, clientSecret, tsUser, tsPassword
@@ -310,76 +100,37 @@ func startSimWith(t testing.TB, cfg simulator.Config, wrap func(http.Handler) ht
 		cfg.Seed = 42
 	}
 	cfg.Logger = zerolog.Nop()
-	s, err := simulator.New(cfg)
+	s, err := stack.StartSimulator(cfg, "127.0.0.1:0", wrap)
 	require.NoError(t, err)
-	s.Start()
-	h := s.Handler()
-	if wrap != nil {
-		h = wrap(h)
-	}
-	hs := httptest.NewServer(h)
-	t.Cleanup(func() { hs.Close(); s.Close() })
-	return &sim{Server: s, url: hs.URL}
+	t.Cleanup(func() { _ = s.Stop() })
+	return s
 }
 
-// ---- services ----
-
-type service struct {
-	*proc
-	listen, admin int // ports (listen: the ingest's callback port)
-}
-
-func (s *service) start() {
-	s.t.Helper()
-	s.proc.start()
-	waitHTTP(s.t, s.proc, "http://"+addr(s.admin)+"/readyz", 60*time.Second)
-}
-
-func mergeEnv(base map[string]string, extra map[string]string) []string {
-	out := make([]string, 0, len(base)+len(extra))
-	for k, v := range base {
-		if e, ok := extra[k]; ok {
-			v = e
-		}
-		out = append(out, k+"="+v)
-	}
-	for k, v := range extra {
-		if _, ok := base[k]; !ok {
-			out = append(out, k+"="+v)
-		}
-	}
-	return out
-}
-
-// newIngest describes a callback-ingest process; extra overrides settings.
-func newIngest(t testing.TB, natsURL string, extra map[string]string) *service {
+// newIngest describes a callback-ingest process on natsURL; extra overrides
+// settings.
+func newIngest(t testing.TB, natsURL string, extra map[string]string) *pipelinetest.Service {
 	t.Helper()
-	s := &service{listen: freePort(t), admin: freePort(t)}
-	env := mergeEnv(map[string]string{
+	env := map[string]string{
 		"NATS_URL":          natsURL,
 		"LOG_LEVEL":         "info",
-		"LISTEN_ADDR":       addr(s.listen),
-		"METRICS_ADDR":      addr(s.admin),
 		"CALLBACK_USERNAME": cbUser,
 		"CALLBACK_PASSWORD": cbPassword,
 		"CORRELATION_GRACE": "10s",
 		"STORE_TIMEOUT":     "2s",
 		"SHUTDOWN_GRACE":    "5s",
-	}, extra)
-	s.proc = newProc(t, "callback-ingest", bins.ingest, nil, env)
-	return s
+	}
+	maps.Copy(env, extra)
+	return bins.NewIngest(t, env)
 }
 
-func (s *service) callbackURL() string { return "http://" + addr(s.listen) + "/callbacks" }
-
-// newDispatcher describes a dispatcher process; extra overrides settings.
-func newDispatcher(t testing.TB, natsURL, simURL, callbackURL string, extra map[string]string) *service {
+// newDispatcher describes a dispatcher process on natsURL calling the
+// simulator at simURL (and registering callbackURL, when not empty); extra
+// overrides settings.
+func newDispatcher(t testing.TB, natsURL, simURL, callbackURL string, extra map[string]string) *pipelinetest.Service {
 	t.Helper()
-	s := &service{admin: freePort(t)}
-	base := map[string]string{
+	env := map[string]string{
 		"NATS_URL":                 natsURL,
 		"LOG_LEVEL":                "info",
-		"METRICS_ADDR":             addr(s.admin),
 		"THINGSPACE_BASE_URL":      simURL,
 		"THINGSPACE_CLIENT_ID":     clientID,
 		"THINGSPACE_CLIENT_SECRET": clientSecret,
@@ -393,12 +144,12 @@ func newDispatcher(t testing.TB, natsURL, simURL, callbackURL string, extra map[
 		"PINNED_TTL":               "4s",
 	}
 	if callbackURL != "" {
-		base["CALLBACK_URL"] = callbackURL
-		base["CALLBACK_USERNAME"] = cbUser
-		base["CALLBACK_PASSWORD"] = cbPassword
+		env["CALLBACK_URL"] = callbackURL
+		env["CALLBACK_USERNAME"] = cbUser
+		env["CALLBACK_PASSWORD"] = cbPassword
 	}
-	s.proc = newProc(t, "dispatcher", bins.dispatcher, nil, mergeEnv(base, extra))
-	return s
+	maps.Copy(env, extra)
+	return bins.NewDispatcher(t, env)
 }
 
 // ---- commands ----

@@ -45,12 +45,12 @@ func (zeros) Read(p []byte) (int, error) {
 // authenticated sender's unparseable body is kept as one dead letter, as
 // the contract says; nothing else is).
 func TestHostileRequests(t *testing.T) {
-	ns := startNATS(t)
-	_, js := connect(t, ns.url())
+	ns := bins.StartNATS(t)
+	_, js := connect(t, ns.URL())
 	ensureStreams(t, js, 1)
-	ing := newIngest(t, ns.url(), nil)
-	ing.start()
-	url := ing.callbackURL()
+	ing := newIngest(t, ns.URL(), nil)
+	ing.Start()
+	url := ing.CallbackURL()
 	client := &http.Client{Timeout: 30 * time.Second}
 
 	valid := `{"requestId":"hostile-1","status":"Success","deviceIds":[{"kind":"iccid","id":"89148000000000000001"}]}`
@@ -119,8 +119,8 @@ func TestHostileRequests(t *testing.T) {
 			require.Equal(t, before.callbacks, after.callbacks, "callbacks stored")
 			require.Equal(t, before.status, after.status, "events stored")
 			require.Equal(t, before.deadLetters+tc.deadLetts, after.deadLetters, "dead letters stored")
-			require.False(t, ing.exited(), "the ingest died")
-			waitHTTP(t, ing.proc, "http://"+addr(ing.listen)+"/healthz", 5*time.Second)
+			require.False(t, ing.Exited(), "the ingest died")
+			ing.WaitHTTP("http://"+ing.ListenAddr+"/healthz", 5*time.Second)
 		})
 	}
 
@@ -142,7 +142,7 @@ func TestHostileRequests(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				results[i] = slowSend(addr(ing.listen), req.head, req.trickle, 500*time.Millisecond, 40*time.Second)
+				results[i] = slowSend(ing.ListenAddr, req.head, req.trickle, 500*time.Millisecond, 40*time.Second)
 			}()
 		}
 		wg.Wait()
@@ -156,7 +156,7 @@ func TestHostileRequests(t *testing.T) {
 		}
 		after := streamCounts(t, js)
 		require.Equal(t, before, after, "nothing stored from slow senders")
-		require.False(t, ing.exited(), "the ingest died")
+		require.False(t, ing.Exited(), "the ingest died")
 	})
 
 	// After all of it the ingest still takes a real callback.

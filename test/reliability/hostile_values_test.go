@@ -14,15 +14,16 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/esim-pipeline/thingspace-esim/internal/broker"
+	"github.com/esim-pipeline/thingspace-esim/internal/pipelinetest"
 	"github.com/esim-pipeline/thingspace-esim/internal/simulator"
 )
 
 // natsClients lists the client connections nats-server holds, by name, as
 // its monitoring endpoint shows them: a connection that dropped and came
 // back has a new id.
-func natsClients(t *testing.T, n *natsProc) map[string][]uint64 {
+func natsClients(t *testing.T, n *pipelinetest.NATSProcess) map[string][]uint64 {
 	t.Helper()
-	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + addr(n.mon) + "/connz?limit=1024")
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get(n.MonitorURL() + "/connz?limit=1024")
 	require.NoError(t, err)
 	defer resp.Body.Close()
 	var cz struct {
@@ -62,14 +63,14 @@ var hostileValues = map[string]string{
 // connections they started with; and a valid command sent after each
 // hostile input still reaches its final event within seconds.
 func TestHostileValuesCostNoConnection(t *testing.T) {
-	ns := startNATS(t)
-	_, js := connect(t, ns.url())
+	ns := bins.StartNATS(t)
+	_, js := connect(t, ns.URL())
 	ensureStreams(t, js, 1)
 	s := startSim(t, simulator.Config{Faults: simulator.Faults{RatePerMinute: -1, CallbackDelay: 20 * time.Millisecond}})
-	ing := newIngest(t, ns.url(), nil)
-	ing.start()
-	d := newDispatcher(t, ns.url(), s.url, ing.callbackURL(), map[string]string{"BATCH_MAX_WAIT": "50ms"})
-	d.start()
+	ing := newIngest(t, ns.URL(), nil)
+	ing.Start()
+	d := newDispatcher(t, ns.URL(), s.URL, ing.CallbackURL(), map[string]string{"BATCH_MAX_WAIT": "50ms"})
+	d.Start()
 	events := watchEvents(t, js, true)
 	before := natsClients(t, ns)
 	for _, name := range []string{"callback-ingest", "callback-ingest-fanout", "esim-dispatcher"} {
@@ -103,7 +104,7 @@ func TestHostileValuesCostNoConnection(t *testing.T) {
 		} {
 			t.Run("callback_"+cb.what+"_"+name, func(t *testing.T) {
 				dl := dead()
-				require.Equal(t, http.StatusBadRequest, postCallback(c, ing.callbackURL(), []byte(cb.body)))
+				require.Equal(t, http.StatusBadRequest, postCallback(c, ing.CallbackURL(), []byte(cb.body)))
 				require.Equal(t, dl+1, dead(), "one dead letter")
 			})
 		}
@@ -162,12 +163,12 @@ func TestHostileValuesCostNoConnection(t *testing.T) {
 	for _, name := range []string{"callback-ingest", "callback-ingest-fanout", "esim-dispatcher"} {
 		require.Equal(t, before[name], after[name], "the %s connection dropped: a new client id", name)
 	}
-	for _, p := range []*proc{ing.proc, d.proc} {
-		require.NotContains(t, p.logText(), "nats disconnected", p.name)
-		require.NotContains(t, p.logText(), "nats reconnected", p.name)
-		require.NotContains(t, p.logText(), "maximum control line", p.name)
+	for _, p := range []*pipelinetest.Process{ing.Process, d.Process} {
+		require.NotContains(t, p.Log(), "nats disconnected", p.Name)
+		require.NotContains(t, p.Log(), "nats reconnected", p.Name)
+		require.NotContains(t, p.Log(), "maximum control line", p.Name)
 	}
-	require.False(t, ing.exited() || d.exited(), "a service died")
+	require.False(t, ing.Exited() || d.Exited(), "a service died")
 	t.Logf("FIGURE hostile values: %d hostile callbacks answered 400, %d hostile commands ended, %d valid commands final in between; "+
 		"connections kept: ingest %v, fan-out %v, dispatcher %v",
 		3*len(names), 3*len(names)+1, valid, after["callback-ingest"], after["callback-ingest-fanout"], after["esim-dispatcher"])

@@ -37,15 +37,15 @@ func TestDispatcherKilledAtScaleRecoversQuickly(t *testing.T) {
 		"THINGSPACE_RATE": "10", "BATCH_MAX_DEVICES": fmt.Sprint(batch), "BATCH_MAX_WAIT": "200ms",
 		"ACK_WAIT": ackWait.String(), "PINNED_TTL": "5s",
 	})
-	_, js := connect(t, p.nats.url())
+	_, js := connect(t, p.nats.URL())
 	ids := publishCommands(t, js, 11, n)
 
-	p.disp.start()
+	p.disp.Start()
 	require.Eventually(t, func() bool { return p.events.countAccepted() >= 9500 }, 2*time.Minute, time.Millisecond)
-	p.disp.kill()
+	p.disp.Kill()
 	killedAt := time.Now()
 	atKill := p.events.countAccepted()
-	p.disp.start()
+	p.disp.Start()
 	waitFinal(t, p.events, ids, ackWait+2*time.Minute)
 	allFinal := time.Since(killedAt)
 
@@ -131,7 +131,7 @@ func TestDispatcherKilledInTheMiddleOfEachDevicesSteps(t *testing.T) {
 		ResendInterval: time.Second,
 		Faults:         simulator.Faults{Latency: 20 * time.Millisecond, RatePerMinute: -1, CallbackDelay: 50 * time.Millisecond},
 	}, nil, map[string]string{"BATCH_MAX_DEVICES": "40", "THINGSPACE_RATE": "20"})
-	_, js := connect(t, p.nats.url())
+	_, js := connect(t, p.nats.URL())
 	steps := []struct{ action, oid string }{{"enable", "1.1.1"}, {"disable", "2.2.2"}, {"enable", "3.3.3"}}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -149,10 +149,10 @@ func TestDispatcherKilledInTheMiddleOfEachDevicesSteps(t *testing.T) {
 			require.NoError(t, err)
 		}
 	}
-	p.disp.start()
+	p.disp.Start()
 	require.Eventually(t, func() bool { return p.events.countAccepted() >= 1200 }, time.Minute, time.Millisecond)
-	p.disp.kill()
-	p.disp.start()
+	p.disp.Kill()
+	p.disp.Start()
 	waitFinal(t, p.events, ids, 2*time.Minute)
 	want := []string{steps[0].oid, steps[1].oid, steps[2].oid}
 	require.Eventually(t, func() bool {

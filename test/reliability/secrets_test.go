@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/esim-pipeline/thingspace-esim/internal/broker"
+	"github.com/esim-pipeline/thingspace-esim/internal/pipelinetest"
 	"github.com/esim-pipeline/thingspace-esim/internal/simulator"
 )
 
@@ -112,8 +113,8 @@ func (w *teeWriter) Write(b []byte) (int, error) {
 // log line, every event and every dead letter's headers: zero hits.
 func TestNoSecretInLogsOrEvents(t *testing.T) {
 	const n = 600
-	ns := startNATS(t)
-	_, js := connect(t, ns.url())
+	ns := bins.StartNATS(t)
+	_, js := connect(t, ns.URL())
 	ensureStreams(t, js, 1)
 	tokens := &tokenCatcher{}
 	hc := &http.Client{Transport: credRewriter{next: http.DefaultTransport.(*http.Transport).Clone()}}
@@ -130,10 +131,10 @@ func TestNoSecretInLogsOrEvents(t *testing.T) {
 		"CALLBACK_PASSWORD":        markCBPassword,
 		"BATCH_MAX_DEVICES":        "100",
 	}
-	ing := newIngest(t, ns.url(), secrets)
-	ing.start()
-	d := newDispatcher(t, ns.url(), s.url, ing.callbackURL(), secrets)
-	d.start()
+	ing := newIngest(t, ns.URL(), secrets)
+	ing.Start()
+	d := newDispatcher(t, ns.URL(), s.URL, ing.CallbackURL(), secrets)
+	d.Start()
 	events := watchEvents(t, js, false)
 	ids := publishCommands(t, js, 5, n)
 
@@ -153,7 +154,7 @@ func TestNoSecretInLogsOrEvents(t *testing.T) {
 		`{"username":"` + cbUser + `","password":"` + markCBPassword + `","requestId":"r-1","status":"Bogus","deviceIds":[{"kind":"iccid","id":"89148000000000000001"}]}`,
 		`{"username":"` + cbUser + `","password":"` + markCBPassword + `","requestId":"r-2","status":"Success"}`,
 	} {
-		req, err := http.NewRequest(http.MethodPost, ing.callbackURL(), strings.NewReader(body))
+		req, err := http.NewRequest(http.MethodPost, ing.CallbackURL(), strings.NewReader(body))
 		require.NoError(t, err)
 		req.Header.Set("Content-Type", "application/json")
 		resp, err := c.Do(req)
@@ -187,12 +188,12 @@ func TestNoSecretInLogsOrEvents(t *testing.T) {
 		}
 	}
 	// The services flush their logs on a clean stop.
-	d.stop(30 * time.Second)
-	ing.stop(30 * time.Second)
-	for _, p := range []*proc{d.proc, ing.proc} {
-		scanLines(p.logText(), func(n int, line string) {
+	d.Stop(30 * time.Second)
+	ing.Stop(30 * time.Second)
+	for _, p := range []*pipelinetest.Process{d.Process, ing.Process} {
+		scanLines(p.Log(), func(n int, line string) {
 			scanned++
-			scan(p.name+" log line "+strconv.Itoa(n), line)
+			scan(p.Name+" log line "+strconv.Itoa(n), line)
 		})
 	}
 	logLines := scanned

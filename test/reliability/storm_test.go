@@ -50,14 +50,14 @@ func countCalls(calls []simulator.Call) callCounts {
 // calls below a bound that fits the storm.
 func TestFaultStorms(t *testing.T) {
 	const batch = 50
-	p := &pipeline{nats: startNATS(t)}
-	_, js := connect(t, p.nats.url())
+	p := &pipeline{nats: bins.StartNATS(t)}
+	_, js := connect(t, p.nats.URL())
 	ensureStreams(t, js, 1)
 	s := startSim(t, simulator.Config{Faults: simulator.Faults{RatePerMinute: -1}})
-	d := newDispatcher(t, p.nats.url(), s.url, "", map[string]string{
+	d := newDispatcher(t, p.nats.URL(), s.URL, "", map[string]string{
 		"BATCH_MAX_DEVICES": fmt.Sprint(batch), "THINGSPACE_TIMEOUT": "400ms", "MAX_DELIVER": "100",
 	})
-	d.start()
+	d.Start()
 	events := watchEvents(t, js, false)
 
 	type storm struct {
@@ -156,7 +156,7 @@ func TestFaultStorms(t *testing.T) {
 			require.NoError(t, s.SetFaults(f))
 			s.ResetRecords()
 			before := s.Stats()
-			metrics := "http://" + addr(d.admin) + "/metrics"
+			metrics := d.AdminURL() + "/metrics"
 			const calls = "esim_dispatcher_thingspace_calls_total"
 			errorsBefore := metricSum(t, metrics, calls, `code="error"`)
 			start := time.Now()
@@ -211,7 +211,7 @@ func TestFaultStorms(t *testing.T) {
 			delta := simulator.Stats{Logins: after.Logins - before.Logins, LoginFailures: after.LoginFailures - before.LoginFailures}
 			minimal := (sc.n + batch - 1) / batch
 			sc.check(t, c, minimal, n, delta)
-			require.False(t, d.exited(), "the dispatcher exited")
+			require.False(t, d.Exited(), "the dispatcher exited")
 			t.Logf("FIGURE storm %s: %d commands accepted in %s; %d action calls (%d accepted, minimum %d; %d 5xx, %d dropped, "+
 				"%d transport errors (timeouts, resets), %d 429, %d auth); %d logins, %d expiries; %d devices sent twice",
 				sc.name, sc.n, took.Round(time.Millisecond), c.attempts, c.accepted, minimal, c.serverErrors, c.dropped,
